@@ -1,0 +1,263 @@
+"""Checkpoints (and pipeline status) kept in tables of the PostgreSQL target.
+
+The PostgreSQL sink writes the checkpoint row in the same transaction as the data it applied
+(:func:`write_checkpoint`), which gives exactly-once effect: after a crash the target's data
+and its checkpoint always agree. This store reads them back, and saves the positions written
+outside a data transaction (a new slot's starting point).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
+from replicator.errors import SinkConnectionError, SinkError
+from replicator.events import Position
+from replicator.observability.redaction import redact
+
+SCHEMA = "_replicator"
+
+_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {SCHEMA};
+CREATE TABLE IF NOT EXISTS {SCHEMA}.checkpoints (
+    pipeline text PRIMARY KEY,
+    position jsonb NOT NULL,
+    source_commit_ts timestamptz,
+    transactions bigint NOT NULL DEFAULT 0,
+    rows_inserted bigint NOT NULL DEFAULT 0,
+    rows_updated bigint NOT NULL DEFAULT 0,
+    rows_deleted bigint NOT NULL DEFAULT 0,
+    truncates bigint NOT NULL DEFAULT 0,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.pipelines (
+    pipeline text PRIMARY KEY,
+    phase text NOT NULL,
+    pid integer,
+    host text,
+    started_at timestamptz,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    lag_seconds double precision,
+    last_error text
+);
+"""
+
+_UPSERT = f"""
+INSERT INTO {SCHEMA}.checkpoints AS c
+    (pipeline, position, source_commit_ts, transactions, rows_inserted, rows_updated,
+     rows_deleted, truncates, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+ON CONFLICT (pipeline) DO UPDATE SET
+    position = EXCLUDED.position,
+    source_commit_ts = coalesce(EXCLUDED.source_commit_ts, c.source_commit_ts),
+    transactions = c.transactions + EXCLUDED.transactions,
+    rows_inserted = c.rows_inserted + EXCLUDED.rows_inserted,
+    rows_updated = c.rows_updated + EXCLUDED.rows_updated,
+    rows_deleted = c.rows_deleted + EXCLUDED.rows_deleted,
+    truncates = c.truncates + EXCLUDED.truncates,
+    updated_at = now()
+"""
+
+
+def ensure_tables(conn: psycopg.Connection[Any]) -> None:
+    """Create the bookkeeping schema and tables when missing (serialised across pipelines)."""
+    with conn.transaction():
+        # Concurrent CREATE ... IF NOT EXISTS can still collide on the catalog's unique index.
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ddl'))")
+        conn.execute(_DDL)
+
+
+def write_checkpoint(
+    conn: psycopg.Connection[Any],
+    pipeline: str,
+    position: Position,
+    *,
+    commit_ts: datetime | None = None,
+    transactions: int = 0,
+    stats: ApplyStats | None = None,
+) -> None:
+    """Write the checkpoint row inside the caller's open transaction."""
+    s = stats or ApplyStats()
+    conn.execute(
+        _UPSERT,
+        (
+            pipeline,
+            json.dumps(position.to_json()),
+            commit_ts,
+            transactions,
+            s.inserted,
+            s.updated,
+            s.deleted,
+            s.truncated,
+        ),
+    )
+
+
+class PostgresCheckpointStore(CheckpointStore):
+    """Checkpoints in ``_replicator.checkpoints`` of the target database."""
+
+    def __init__(self, dsn: str, application_name: str = "replicator") -> None:
+        self._dsn = dsn
+        self._app = application_name
+        self._conn: psycopg.Connection[Any] | None = None
+        self._ready = False
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(
+                    self._dsn,
+                    autocommit=True,
+                    application_name=self._app,
+                    connect_timeout=10,
+                    options="-c TimeZone=UTC",
+                )
+            except psycopg.Error as exc:
+                raise SinkConnectionError(
+                    f"cannot connect to the target database: {redact(str(exc).strip())}",
+                    fix="check the sink DSN (host, port, database, user, password)",
+                ) from exc
+            self._ready = False
+        if not self._ready:
+            try:
+                ensure_tables(self._conn)
+            except psycopg.Error as exc:
+                raise SinkError(
+                    f"cannot create the {SCHEMA} bookkeeping tables in the target: "
+                    f"{redact(str(exc).strip())}",
+                    fix="grant the sink's role CREATE on the target database",
+                ) from exc
+            self._ready = True
+        return self._conn
+
+    def load(self, pipeline: str) -> Checkpoint | None:
+        """The stored checkpoint with its counters, or None."""
+        row = self._query(
+            f"SELECT position, source_commit_ts, transactions, rows_inserted, rows_updated,"
+            f" rows_deleted, truncates, updated_at FROM {SCHEMA}.checkpoints WHERE pipeline = %s",
+            (pipeline,),
+        )
+        if not row:
+            return None
+        r = row[0]
+        return Checkpoint(
+            position=dict(r[0]),
+            stats={
+                "source_commit_ts": r[1],
+                "transactions": r[2],
+                "rows_inserted": r[3],
+                "rows_updated": r[4],
+                "rows_deleted": r[5],
+                "truncates": r[6],
+                "updated_at": r[7],
+            },
+        )
+
+    def save(self, pipeline: str, position: Position) -> None:
+        """Store ``position`` (committed and durable on return)."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                write_checkpoint(conn, pipeline, position)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def delete(self, pipeline: str) -> bool:
+        """Remove the checkpoint and status rows; return whether a checkpoint existed."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                cur = conn.execute(
+                    f"DELETE FROM {SCHEMA}.checkpoints WHERE pipeline = %s", (pipeline,)
+                )
+                conn.execute(f"DELETE FROM {SCHEMA}.pipelines WHERE pipeline = %s", (pipeline,))
+                return cur.rowcount > 0
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def report(
+        self,
+        pipeline: str,
+        phase: str,
+        *,
+        lag_seconds: float | None = None,
+        error: str | None = None,
+        started: bool = False,
+    ) -> None:
+        """Record what the running pipeline is doing, for ``replicator status``."""
+        self._query(
+            f"""
+            INSERT INTO {SCHEMA}.pipelines AS p
+                (pipeline, phase, pid, host, started_at, heartbeat_at, lag_seconds, last_error)
+            VALUES (%s, %s, %s, %s, now(), now(), %s, %s)
+            ON CONFLICT (pipeline) DO UPDATE SET
+                phase = EXCLUDED.phase, pid = EXCLUDED.pid, host = EXCLUDED.host,
+                started_at = CASE WHEN %s THEN now() ELSE p.started_at END,
+                heartbeat_at = now(), lag_seconds = EXCLUDED.lag_seconds,
+                last_error = coalesce(EXCLUDED.last_error,
+                                      CASE WHEN %s THEN NULL ELSE p.last_error END)
+            """,
+            (
+                pipeline,
+                phase,
+                os.getpid(),
+                socket.gethostname(),
+                lag_seconds,
+                redact(error) if error else None,
+                started,
+                started,
+            ),
+            fetch=False,
+        )
+
+    def read_status(self, pipeline: str) -> dict[str, Any] | None:
+        """The last status the pipeline reported, with seconds since it did."""
+        rows = self._query(
+            f"SELECT phase, pid, host, started_at, heartbeat_at, lag_seconds, last_error,"
+            f" extract(epoch FROM now() - heartbeat_at)"
+            f" FROM {SCHEMA}.pipelines WHERE pipeline = %s",
+            (pipeline,),
+        )
+        if not rows:
+            return None
+        r = rows[0]
+        keys = (
+            "phase",
+            "pid",
+            "host",
+            "started_at",
+            "heartbeat_at",
+            "lag_seconds",
+            "last_error",
+            "heartbeat_age_s",
+        )
+        return dict(zip(keys, r, strict=True))
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _query(
+        self, query: str, params: tuple[Any, ...], fetch: bool = True
+    ) -> list[tuple[Any, ...]]:
+        conn = self._connection()
+        try:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if fetch else []
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+
+def _translate(exc: psycopg.Error) -> SinkError:
+    message = redact(str(exc).strip())
+    if isinstance(exc, psycopg.OperationalError):
+        return SinkConnectionError(f"lost the connection to the target: {message}")
+    return SinkError(f"checkpoint storage failed: {message}")

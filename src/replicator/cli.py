@@ -1,0 +1,279 @@
+"""The ``replicator`` command line: a thin layer over the engine.
+
+Exit codes: 0 ok, 1 runtime failure (or problems found by ``check``), 2 bad usage or config.
+User errors print ``Error: <what> / Fix: <how>`` on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from replicator.config import Config, PipelineConfig, load_config
+from replicator.contracts import Severity
+from replicator.engine.registry import make_checkpoint_store, make_pipeline, make_source
+from replicator.errors import ConfigError, ReplicatorError
+from replicator.observability.logging import configure_logging, get_logger
+from replicator.observability.redaction import redact
+
+app = typer.Typer(
+    name="replicator",
+    help="Change data capture that keeps a PostgreSQL target an exact copy of its source.",
+    add_completion=False,
+    no_args_is_help=True,
+    # Typer's pretty tracebacks print frame locals, which can hold passwords.
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path, typer.Option("--config", "-c", help="YAML config file.", show_default=False)
+]
+PipelineOption = Annotated[
+    list[str] | None,
+    typer.Option("--pipeline", "-p", help="Only this pipeline (repeatable).", show_default=False),
+]
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    typer.echo(f"Error: {redact(message)}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Turn Replicator errors into ``Error: …`` and an exit code; hide tracebacks."""
+    try:
+        yield
+    except ReplicatorError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, without leaking secrets
+        if os.environ.get("REPLICATOR_DEBUG"):
+            typer.echo(redact(traceback.format_exc()), err=True)
+        raise _fail(
+            f"unexpected {type(exc).__name__}: {exc} (set REPLICATOR_DEBUG=1 for a traceback)",
+            1,
+        ) from None
+
+
+def _load(path: Path, pipelines: list[str] | None) -> tuple[Config, list[PipelineConfig]]:
+    config = load_config(path)
+    chosen = [config.pipeline(name) for name in pipelines] if pipelines else config.pipelines
+    return config, chosen
+
+
+@app.command()
+def run(
+    config: ConfigOption,
+    pipeline: PipelineOption = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="debug, info, warning or error (overrides the config).")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help="console or json (overrides the config).")
+    ] = None,
+) -> None:
+    """Run the pipelines until SIGTERM/SIGINT: finish the batch, checkpoint, exit 0."""
+    with _user_errors():
+        cfg, chosen = _load(config, pipeline)
+        level = log_level or cfg.logging.level
+        fmt = log_format or cfg.logging.format
+        if level not in ("debug", "info", "warning", "error") or fmt not in ("console", "json"):
+            raise ConfigError(
+                "--log-level takes debug|info|warning|error; --log-format console|json"
+            )
+        configure_logging(level, fmt)
+        log = get_logger()
+        if cfg.api is not None:
+            log.warning("the management API (api.listen) is not available in this version yet")
+        stop = threading.Event()
+        failures: list[tuple[str, BaseException]] = []
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if stop.is_set():
+                log.warning("second stop signal: exiting now; the next run resumes safely")
+                os._exit(1)
+            log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+        def runner(p: PipelineConfig) -> None:
+            try:
+                make_pipeline(p, stop).run()
+            except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+                failures.append((p.name, exc))
+                stop.set()  # one pipeline failing stops the others cleanly
+
+        threads = [
+            threading.Thread(target=runner, args=(p,), name=f"pipeline-{p.name}") for p in chosen
+        ]
+        for thread in threads:
+            thread.start()
+        while any(t.is_alive() for t in threads):
+            for thread in threads:
+                thread.join(timeout=0.2)
+        if failures:
+            for name, exc in failures:
+                log.error("pipeline failed", pipeline=name, error=str(exc))
+            name, exc = failures[0]
+            if isinstance(exc, ReplicatorError):
+                raise _fail(f"pipeline {name}: {exc}", exc.exit_code)
+            raise _fail(f"pipeline {name}: unexpected {type(exc).__name__}: {exc}", 1)
+
+
+@app.command()
+def check(config: ConfigOption, pipeline: PipelineOption = None) -> None:
+    """Check sources and targets; print each problem with its fix (exit 1 if any error)."""
+    with _user_errors():
+        _, chosen = _load(config, pipeline)
+        configure_logging("warning", "console")
+        errors = 0
+        for p in chosen:
+            typer.echo(f"pipeline {p.name}:")
+            try:
+                problems = make_pipeline(p, threading.Event()).check()
+            except ReplicatorError as exc:
+                typer.echo(f"  ERROR    {redact(exc.message)}")
+                if exc.fix:
+                    typer.echo(f"           fix: {redact(exc.fix)}")
+                errors += 1
+                continue
+            if not problems:
+                typer.echo("  ok: ready to run")
+            for problem in problems:
+                label = "ERROR  " if problem.severity is Severity.ERROR else "WARNING"
+                typer.echo(f"  {label}  {redact(problem.message)}")
+                if problem.fix:
+                    typer.echo(f"           fix: {redact(problem.fix)}")
+                errors += problem.severity is Severity.ERROR
+        if errors:
+            raise typer.Exit(1)
+
+
+@app.command()
+def status(
+    config: ConfigOption,
+    pipeline: PipelineOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Per pipeline: phase, confirmed position, lag in bytes and seconds, rows applied."""
+    with _user_errors():
+        _, chosen = _load(config, pipeline)
+        configure_logging("warning", "console")
+        reports = [_status_of(p) for p in chosen]
+        if as_json:
+            typer.echo(json.dumps(reports, indent=2, default=_json_default))
+            return
+        for report in reports:
+            typer.echo(f"pipeline {report['pipeline']}: {report['phase']}")
+            for key, value in report.items():
+                if key not in ("pipeline", "phase") and value is not None:
+                    typer.echo(f"  {key.replace('_', ' ')}: {_human(value)}")
+
+
+def _status_of(p: PipelineConfig) -> dict[str, Any]:
+    store = make_checkpoint_store(p)
+    source = make_source(p)
+    try:
+        checkpoint = store.load(p.name)
+        recorded = store.read_status(p.name) or {}
+        slot = source.status()
+    finally:
+        source.close()
+        store.close()
+    phase = recorded.get("phase") or ("not started" if checkpoint is None else "stopped")
+    running = bool(slot.get("slot_active"))
+    if phase == "streaming" and not running:
+        phase = "not running (it stopped without a clean shutdown)"
+    stats = checkpoint.stats if checkpoint else {}
+    lag_seconds = recorded.get("lag_seconds") if running else None
+    if running and slot.get("lag_bytes", 0) == 0:
+        lag_seconds = 0.0
+    return {
+        "pipeline": p.name,
+        "phase": phase,
+        "checkpoint": checkpoint.position.get("lsn") if checkpoint else None,
+        "slot": slot.get("slot"),
+        "slot_confirmed": slot.get("confirmed_flush_lsn"),
+        "source_wal": slot.get("source_wal_lsn"),
+        "lag_bytes": slot.get("lag_bytes"),
+        "lag_seconds": lag_seconds,
+        "retained_wal_bytes": slot.get("retained_wal_bytes"),
+        "transactions": stats.get("transactions"),
+        "rows_inserted": stats.get("rows_inserted"),
+        "rows_updated": stats.get("rows_updated"),
+        "rows_deleted": stats.get("rows_deleted"),
+        "truncates": stats.get("truncates"),
+        "last_source_commit": stats.get("source_commit_ts"),
+        "pid": recorded.get("pid") if running else None,
+        "last_error": recorded.get("last_error"),
+    }
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _human(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ", timespec="seconds")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+@app.command()
+def drop(
+    config: ConfigOption,
+    pipeline: Annotated[
+        str, typer.Option("--pipeline", "-p", help="The pipeline to remove.", show_default=False)
+    ],
+) -> None:
+    """Remove a pipeline's replication slot, publication and checkpoint (target tables stay)."""
+    with _user_errors():
+        cfg = load_config(config)
+        p = cfg.pipeline(pipeline)
+        configure_logging("warning", "console")
+        source = make_source(p)
+        store = make_checkpoint_store(p)
+        try:
+            removed = source.drop()
+            if store.delete(p.name):
+                removed.append("checkpoint")
+        finally:
+            source.close()
+            store.close()
+        if not removed:
+            typer.echo(f"pipeline {p.name}: nothing to remove")
+        for line in removed:
+            typer.echo(f"pipeline {p.name}: removed {line}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - last resort: never a raw traceback
+        sys.stderr.write(f"Error: {redact(str(exc))}\n")
+        sys.exit(1)

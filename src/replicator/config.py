@@ -1,0 +1,400 @@
+"""Configuration: YAML with ``${ENV}`` interpolation, validated by pydantic.
+
+Every problem is reported at once, each with its place in the file (``pipelines[0].sink.dsn``,
+line 12) and what was expected. Values are never echoed back, because they may be secrets.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import core_schema
+
+from replicator.errors import ConfigError
+from replicator.observability.redaction import MASK, redact, register_secret
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TABLE_PATTERN = re.compile(r"^[^.\s]+\.[^.\s]+$")
+# PostgreSQL identifiers hold 63 bytes; "replicator_" takes 11 of them.
+MAX_PIPELINE_NAME = 52
+
+
+class Dsn:
+    """A connection string whose password never appears in ``str``, ``repr`` or errors."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        for secret in _dsn_passwords(value):
+            register_secret(secret)
+
+    def secret(self) -> str:
+        """The full connection string, password included: only for connecting."""
+        return self._value
+
+    def __str__(self) -> str:
+        return redact(self._value)
+
+    def __repr__(self) -> str:
+        return f"Dsn({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Dsn) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls._validate,
+            core_schema.str_schema(strict=True, min_length=1),
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: str(v)),
+        )
+
+    @classmethod
+    def _validate(cls, value: str) -> Dsn:
+        from psycopg.conninfo import conninfo_to_dict
+
+        dsn = cls(value)
+        try:
+            conninfo_to_dict(value)
+        except Exception:
+            raise ValueError(
+                "not a valid connection string; use a URI like postgresql://USER@HOST:5432/DBNAME "
+                "or key=value pairs like 'host=HOST dbname=DBNAME user=USER'"
+            ) from None
+        return dsn
+
+
+def _dsn_passwords(value: str) -> Iterator[str]:
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        password = conninfo_to_dict(value).get("password")
+    except Exception:
+        return
+    if password:
+        yield str(password)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True, frozen=True)
+
+
+class PostgresSourceConfig(_Model):
+    """A PostgreSQL database read through logical replication (pgoutput)."""
+
+    type: Literal["postgres"]
+    dsn: Dsn
+    tables: Annotated[list[str], Field(min_length=1)]
+    snapshot: Literal["initial", "never"] = "initial"
+    slot: str | None = None
+    publication: str | None = None
+    status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    @field_validator("tables")
+    @classmethod
+    def _check_patterns(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            if not _TABLE_PATTERN.match(pattern):
+                raise ValueError(
+                    f"table pattern {pattern!r} must be schema-qualified, like 'public.*' "
+                    "or 'sales.orders'"
+                )
+        return patterns
+
+    @field_validator("slot", "publication")
+    @classmethod
+    def _check_identifier(cls, name: str | None) -> str | None:
+        if name is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", name):
+            raise ValueError("must be 1-63 characters of a-z, 0-9 and _")
+        return name
+
+
+class PostgresSinkConfig(_Model):
+    """A PostgreSQL database kept as an exact copy of the source tables."""
+
+    type: Literal["postgres"]
+    dsn: Dsn
+
+
+class BatchConfig(_Model):
+    """When the engine flushes: whichever limit is reached first."""
+
+    max_events: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    max_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    max_age_ms: Annotated[int, Field(ge=0, le=600_000)] = 500
+
+
+class PipelineConfig(_Model):
+    """One source, its transforms and one sink, with one checkpoint."""
+
+    name: str
+    source: PostgresSourceConfig
+    transforms: list[Any] = []
+    sink: PostgresSinkConfig
+    batch: BatchConfig = BatchConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        if not _PIPELINE_NAME.match(name) or len(name) > MAX_PIPELINE_NAME:
+            raise ValueError(
+                f"pipeline names are 1-{MAX_PIPELINE_NAME} characters of letters, digits, "
+                "'_', '-' and '.', starting with a letter or digit"
+            )
+        return name
+
+    @field_validator("transforms")
+    @classmethod
+    def _no_transforms_yet(cls, transforms: list[Any]) -> list[Any]:
+        if transforms:
+            raise ValueError("transforms are not supported yet; leave the list empty")
+        return transforms
+
+    @property
+    def slot_name(self) -> str:
+        """The replication slot's name."""
+        return self.source.slot or default_object_name(self.name)
+
+    @property
+    def publication_name(self) -> str:
+        """The publication's name."""
+        return self.source.publication or default_object_name(self.name)
+
+
+class ApiConfig(_Model):
+    """Where the management API listens (served by a later release)."""
+
+    listen: str = "127.0.0.1:8080"
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("use host:port, e.g. 127.0.0.1:8080")
+        return listen
+
+
+class LoggingConfig(_Model):
+    """Log level and format (``console`` for people, ``json`` for log shippers)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class Config(_Model):
+    """A whole config file."""
+
+    pipelines: Annotated[list[PipelineConfig], Field(min_length=1)]
+    api: ApiConfig | None = None
+    logging: LoggingConfig = LoggingConfig()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        seen: dict[str, str] = {}
+        for pipeline in self.pipelines:
+            for kind, value in (
+                ("name", pipeline.name),
+                ("slot", pipeline.slot_name),
+                ("publication", pipeline.publication_name),
+            ):
+                key = f"{kind}:{value}"
+                if key in seen:
+                    raise ValueError(
+                        f"pipelines {seen[key]!r} and {pipeline.name!r} would share the "
+                        f"{kind} {value!r}; give them distinct names"
+                    )
+                seen[key] = pipeline.name
+        return self
+
+    def pipeline(self, name: str) -> PipelineConfig:
+        """The pipeline called ``name``, or a ConfigError listing the known names."""
+        for pipeline in self.pipelines:
+            if pipeline.name == name:
+                return pipeline
+        known = ", ".join(p.name for p in self.pipelines)
+        raise ConfigError(f"no pipeline named {name!r} in the config (it has: {known})")
+
+
+def default_object_name(pipeline: str) -> str:
+    """Name a slot or publication after its pipeline: ``shop-watch`` → ``replicator_shop_watch``."""
+    return "replicator_" + re.sub(r"[^a-z0-9_]", "_", pipeline.lower())
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, interpolate and validate a config file; raise ConfigError listing every problem."""
+    path = Path(path)
+    env = dict(os.environ) if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist",
+            fix="pass the path of your YAML config with -c FILE",
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: the config must be a mapping with a 'pipelines' list at the top level"
+        )
+    lines = _line_index(node)
+    problems: list[str] = []
+    data = _interpolate(data, env, (), problems, lines)
+    if problems:
+        raise ConfigError(f"{path}: " + _join(problems))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + _join(_describe(exc, lines))) from None
+
+
+def _join(problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    return f"{len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is not None:
+        return f"{problem} (line {mark.line + 1}, column {mark.column + 1})"
+    return str(problem)
+
+
+Path_ = tuple[str | int, ...]
+
+
+def _line_index(node: yaml.Node | None) -> dict[Path_, int]:
+    """Map each YAML path to its 1-based line, for error messages."""
+    lines: dict[Path_, int] = {}
+
+    def walk(n: yaml.Node, path: Path_) -> None:
+        lines[path] = n.start_mark.line + 1
+        if isinstance(n, yaml.MappingNode):
+            for key, value in n.value:
+                if isinstance(key, yaml.ScalarNode):
+                    lines[(*path, key.value)] = key.start_mark.line + 1
+                    walk(value, (*path, key.value))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*path, i))
+
+    if node is not None:
+        walk(node, ())
+    return lines
+
+
+def _format_path(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _at(path: Path_, lines: dict[Path_, int]) -> str:
+    probe = path
+    while probe and probe not in lines:
+        probe = probe[:-1]
+    line = lines.get(probe)
+    where = _format_path(path)
+    return f"{where} (line {line})" if line else where
+
+
+def _interpolate(
+    value: Any, env: dict[str, str], path: Path_, problems: list[str], lines: dict[Path_, int]
+) -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in string values (``$$`` is a literal ``$``).
+
+    Runs after parsing, so an environment value can never inject YAML structure.
+    """
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env, (*path, k), problems, lines) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env, (*path, i), problems, lines) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "$" not in value:
+        return value
+
+    def expand(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(
+            f"{_at(path, lines)}: environment variable {name} is not set "
+            f"(set it, or give a default with ${{{name}:-value}})"
+        )
+        return ""
+
+    return _ENV_REF.sub(expand, value)
+
+
+def _describe(exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        loc: Path_ = tuple(error["loc"])
+        kind = error["type"]
+        # Union members show up as extra path parts (e.g. 'postgres'); drop tags for clarity.
+        message = error["msg"]
+        if kind == "extra_forbidden":
+            field = loc[-1]
+            problems.append(
+                f"{_at(loc, lines)}: unknown key {field!r} (check its spelling and indentation)"
+            )
+            continue
+        if kind == "missing":
+            problems.append(f"{_at(loc, lines)}: required key is missing")
+            continue
+        if kind == "literal_error":
+            expected = error.get("ctx", {}).get("expected", "")
+            problems.append(f"{_at(loc, lines)}: must be one of {expected}")
+            continue
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        problems.append(f"{_at(loc, lines)}: {redact(message)}")
+    return problems
+
+
+__all__ = [
+    "MASK",
+    "ApiConfig",
+    "BatchConfig",
+    "Config",
+    "Dsn",
+    "LoggingConfig",
+    "PipelineConfig",
+    "PostgresSinkConfig",
+    "PostgresSourceConfig",
+    "default_object_name",
+    "load_config",
+]

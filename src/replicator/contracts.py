@@ -1,0 +1,210 @@
+"""The three seams every connector plugs into: :class:`Source`, :class:`Sink` and
+:class:`CheckpointStore`.
+
+The engine drives them in this order (DESIGN.md, invariant 1)::
+
+    position = source.prepare(checkpoint, save_checkpoint)
+    for item in source.stream(position):
+        ... batch ...
+        durable = sink.apply(batch)          # data (+ checkpoint) committed together
+        source.acknowledge(durable)          # only now may the source discard its log
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from replicator.events import ChangeEvent, Position, StreamItem, TableSchema, TxCommit
+
+
+class Severity(enum.Enum):
+    """How serious a preflight finding is: errors stop ``run``, warnings do not."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One preflight finding, with the fix to apply."""
+
+    severity: Severity
+    message: str
+    fix: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.message} (fix: {self.fix})" if self.fix else self.message
+
+
+class Source(ABC):
+    """Reads committed changes from a database's log, in commit order."""
+
+    @abstractmethod
+    def preflight(self, checkpoint: Position | None) -> list[Problem]:
+        """Check that the source can serve this pipeline from ``checkpoint``; each problem
+        names its fix."""
+
+    @abstractmethod
+    def parse_position(self, data: dict[str, Any]) -> Position:
+        """Rebuild a position from its JSON form (as stored in a checkpoint)."""
+
+    @abstractmethod
+    def prepare(
+        self, checkpoint: Position | None, save_checkpoint: Callable[[Position], None]
+    ) -> Position:
+        """Get ready to stream and return the position streaming starts from.
+
+        Creates what the source needs (e.g. a replication slot) when it is missing, saving the
+        starting checkpoint through ``save_checkpoint`` before anything is streamed. Raises
+        :class:`~replicator.errors.CheckpointMismatchError` when the source's state and the
+        checkpoint disagree, rather than silently skipping or repeating changes.
+        """
+
+    @abstractmethod
+    def stream(self, start: Position) -> Iterator[StreamItem]:
+        """Yield changes after ``start``: events of a transaction, then its ``TxCommit``.
+
+        Yields ``Heartbeat(None)`` whenever nothing more is ready right now and at least every
+        second while idle (so the engine can flush promptly), and ``Heartbeat(position)`` when
+        caught up at a resume point the engine may checkpoint.
+        """
+
+    @abstractmethod
+    def acknowledge(self, position: Position) -> None:
+        """Tell the source that everything up to ``position`` is durable in the target."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; safe to call more than once."""
+
+    @abstractmethod
+    def status(self) -> dict[str, Any]:
+        """Source-side state for ``replicator status`` (e.g. slot position and lag)."""
+
+    @abstractmethod
+    def drop(self) -> list[str]:
+        """Remove what the pipeline created in the source; return a line per removed object."""
+
+    def identity(self) -> str | None:
+        """A string naming the database instance read from, to catch a pipeline whose source
+        and target are the same database; None when unknown."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SinkCapabilities:
+    """What a sink can do, read by the engine instead of checking classes."""
+
+    transactional_checkpoint: bool
+    """True when ``apply`` writes the checkpoint in the same transaction as the data."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """Consecutive stream events handed to a sink in one call.
+
+    ``commit`` is set when the batch ends at a transaction boundary: the sink then makes the
+    batch durable, together with every earlier batch it holds open, and ``commit.position``
+    becomes the checkpoint. When ``commit`` is None the batch is one chunk of a transaction too
+    large to hold in memory: the sink applies it but keeps its target transaction open.
+    """
+
+    events: list[ChangeEvent] = field(default_factory=list)
+    commit: TxCommit | None = None
+    transactions: int = 0
+
+
+@dataclass(slots=True)
+class ApplyStats:
+    """Counts of what a sink applied, for status and logs."""
+
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    truncated: int = 0
+
+    @property
+    def rows(self) -> int:
+        """Rows changed by inserts, updates and deletes."""
+        return self.inserted + self.updated + self.deleted
+
+
+class Sink(ABC):
+    """Applies batches of change events to a target, whole source transactions at a time."""
+
+    capabilities: SinkCapabilities
+
+    @abstractmethod
+    def preflight(self) -> list[Problem]:
+        """Check that the target can serve this pipeline; each problem names its fix."""
+
+    @abstractmethod
+    def ensure_table(self, schema: TableSchema) -> None:
+        """Create the target table when missing; raise SchemaMismatchError when incompatible."""
+
+    @abstractmethod
+    def apply(self, batch: Batch, pipeline: str) -> Position | None:
+        """Apply a batch; return the position now durable, or None if nothing was committed."""
+
+    @abstractmethod
+    def rollback(self) -> None:
+        """Abandon an open, uncommitted target transaction (e.g. on shutdown mid-transaction)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; safe to call more than once."""
+
+    def identity(self) -> str | None:
+        """A string naming the database instance written to; None when unknown."""
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A stored checkpoint: the position's JSON form plus bookkeeping."""
+
+    position: dict[str, Any]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class CheckpointStore(ABC):
+    """Durable storage of each pipeline's resume position."""
+
+    @abstractmethod
+    def load(self, pipeline: str) -> Checkpoint | None:
+        """Return the pipeline's checkpoint, or None if it has none."""
+
+    @abstractmethod
+    def save(self, pipeline: str, position: Position) -> None:
+        """Durably store ``position`` as the pipeline's checkpoint."""
+
+    @abstractmethod
+    def delete(self, pipeline: str) -> bool:
+        """Remove the pipeline's checkpoint; return whether one existed."""
+
+    @abstractmethod
+    def report(
+        self,
+        pipeline: str,
+        phase: str,
+        *,
+        lag_seconds: float | None = None,
+        error: str | None = None,
+        started: bool = False,
+    ) -> None:
+        """Record what the running pipeline is doing, where the store can keep it."""
+
+    def read_status(self, pipeline: str) -> dict[str, Any] | None:
+        """The status last recorded by :meth:`report`, if the store keeps one."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; safe to call more than once."""
+
+
+SaveCheckpoint = Callable[[Position], None]
