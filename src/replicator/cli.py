@@ -130,7 +130,7 @@ def run(
             for thread in threads:
                 thread.join(timeout=0.2)
         if failures:
-            for name, exc in failures:
+            for name, exc in failures[1:]:
                 log.error("pipeline failed", pipeline=name, error=str(exc))
             name, exc = failures[0]
             if isinstance(exc, ReplicatorError):

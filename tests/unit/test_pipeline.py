@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from replicator.config import PipelineConfig
-from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Sink, SinkCapabilities, Source
+from replicator.contracts import (
+    Batch,
+    Checkpoint,
+    CheckpointStore,
+    Problem,
+    Sink,
+    SinkCapabilities,
+    Source,
+)
 from replicator.engine.pipeline import Pipeline
 from replicator.errors import SchemaMismatchError
 from replicator.events import (

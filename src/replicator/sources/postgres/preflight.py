@@ -49,6 +49,7 @@ ENCODINGS = {
 }
 
 MIN_SERVER_VERSION = 130000  # publish_via_partition_root and pg_partition_root
+NO_REPLICATION_PRIVILEGE = "lacks the REPLICATION privilege"
 
 
 def _error(message: str, fix: str | None = None) -> Problem:
@@ -177,7 +178,7 @@ def _check_role(conn: psycopg.Connection[Any]) -> list[Problem]:
         return []
     return [
         _error(
-            f"role {user} lacks the REPLICATION privilege needed to stream changes",
+            f"role {user} {NO_REPLICATION_PRIVILEGE} needed to stream changes",
             f"as a superuser: ALTER ROLE {quote_ident(user)} REPLICATION;",
         )
     ]

@@ -110,10 +110,12 @@ class PostgresSource(Source):
             publication=self._publication,
             checkpoint=_as_pg(checkpoint),
         )
-        try:
-            ReplicationConnection(self._config.dsn.secret(), self._app).close()
-        except SourceConnectionError as exc:
-            problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
+        if not any(preflight.NO_REPLICATION_PRIVILEGE in p.message for p in problems):
+            # The role may stream; can it actually open a replication connection (pg_hba)?
+            try:
+                ReplicationConnection(self._config.dsn.secret(), self._app).close()
+            except SourceConnectionError as exc:
+                problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
     def prepare(

@@ -1,0 +1,80 @@
+"""The CLI as a user runs it, killed with SIGKILL again and again under a random workload."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    assert_same_rows,
+    checkpoint_lsn,
+    pipeline_dict,
+    replicator_cmd,
+    slot_lsn,
+    wait_caught_up,
+    wait_for,
+    write_config,
+)
+from tests.workload import TABLES, Workload
+
+SLOT = "replicator_crashy"
+
+
+def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``replicator run`` with its output going to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            replicator_cmd("run", "-c", str(config)), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_dsn, tmp_path):
+    """Killed with SIGKILL six times mid-stream, the target still ends equal to the source."""
+    seed = int(os.environ.get("REPLICATOR_TEST_SEED", random.randrange(1 << 30)))
+    rnd = random.Random(seed)
+    print(f"seed={seed}")  # rerun with REPLICATOR_TEST_SEED to reproduce
+    Workload.create_schema(source_dsn)
+    config = write_config(
+        tmp_path / "replicator.yaml",
+        pipeline_dict(
+            "crashy",
+            source_dsn,
+            target_dsn,
+            ["public.*", "sales.*"],
+            batch={"max_events": rnd.choice([50, 500, 5000])},
+        ),
+    )
+    log = tmp_path / "replicator.log"
+    workload = Workload(source_dsn, seed)
+    engine = spawn(config, log)
+    wait_for(lambda: checkpoint_lsn(target_dsn, "crashy") > 0, 60, "the slot")
+    workload.start()
+    try:
+        for _ in range(6):
+            time.sleep(rnd.uniform(1.0, 4.0))
+            engine.send_signal(signal.SIGKILL)
+            engine.wait(10)
+            # Right after the crash, the slot must not be ahead of what the target holds.
+            assert slot_lsn(source_dsn, SLOT) <= checkpoint_lsn(target_dsn, "crashy")
+            engine = spawn(config, log)
+        time.sleep(2)
+    finally:
+        workload.stop()
+    try:
+        wait_caught_up(source_dsn, target_dsn, "crashy", timeout=120)
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(60) == 0, log.read_text()[-3000:]
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert workload.transactions > 20 and workload.rollbacks > 0
+    assert_same_rows(source_dsn, target_dsn, *TABLES)
+    assert slot_lsn(source_dsn, SLOT) == checkpoint_lsn(target_dsn, "crashy")
+    assert "Traceback" not in log.read_text()
