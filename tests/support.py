@@ -179,7 +179,9 @@ def replicator_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("replicator")), *args]
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the CLI to completion and capture its output."""
     return subprocess.run(
         replicator_cmd(*args),

@@ -72,8 +72,15 @@ TABLES = ["accounts", "sales.order_lines", "audit_log", "sales.readings"]
 _SPECIAL_FLOATS = ["'NaN'", "'Infinity'", "'-Infinity'", "0.1", "-0.0", "1e300", "3.14159"]
 _REALS = ["1.5", "NULL", "'NaN'", "'-Infinity'"]
 _SPECIAL_NUMERIC = ["'NaN'", "0.01", "-12345678901.99", "0", "NULL"]
-_TIMESTAMPS = ["'infinity'", "'-infinity'", "'2024-02-29 12:34:56.789012'",
-               "'0044-03-15 12:00:00 BC'", "'9999-12-31 23:59:59'", "now()", "NULL"]
+_TIMESTAMPS = [
+    "'infinity'",
+    "'-infinity'",
+    "'2024-02-29 12:34:56.789012'",
+    "'0044-03-15 12:00:00 BC'",
+    "'9999-12-31 23:59:59'",
+    "now()",
+    "NULL",
+]
 _DATES = ["'infinity'", "'2000-01-01'", "'0001-01-01 BC'", "'2024-02-29'", "NULL"]
 _INTERVALS = ["'1 year 2 mons -3 days 04:05:06.789'", "'-1 mons'", "'0'", "'P1M'", "NULL"]
 
@@ -88,8 +95,8 @@ def _value_sql(rnd: random.Random, account: int) -> str:
         f" {rnd.choice(['sad', 'ok', 'happy', 'très content'])!r}, {rnd.randint(1, 99)},"
         f" ARRAY['a', 'b c', NULL, 'q\"uote', 'back\\\\slash']::text[],"
         f" '{{{{1,2}},{{3,NULL}}}}'::int[], ARRAY['ok', 'sad']::mood[],"
-        f" '{{\"k\": [1, 2.50, null], \"s\": \"tab\\\\t\"}}'::jsonb,"
-        f" '{{ \"spacing\" :  1 , \"dup\": 1, \"dup\": 2}}'::json, gen_random_uuid(),"
+        f' \'{{"k": [1, 2.50, null], "s": "tab\\\\t"}}\'::jsonb,'
+        f' \'{{ "spacing" :  1 , "dup": 1, "dup": 2}}\'::json, gen_random_uuid(),'
         f" '\\x00ff10'::bytea, {rnd.choice(_DATES)}, '24:00:00', '12:00:00+05:30',"
         f" {rnd.choice(_TIMESTAMPS)}, {rnd.choice(_TIMESTAMPS)}, {rnd.choice(_INTERVALS)},"
         f" 'ab', 'label {account}', {bio})"
@@ -196,7 +203,9 @@ class Workload:
                 (order,),
             )
         elif choice < 0.70:
-            conn.execute("DELETE FROM sales.order_lines WHERE order_id = %s", (rnd.randint(1, 200),))
+            conn.execute(
+                "DELETE FROM sales.order_lines WHERE order_id = %s", (rnd.randint(1, 200),)
+            )
         elif choice < 0.80:
             who = rnd.choice(["alice", "bob", "carol"])
             conn.execute(

@@ -42,8 +42,11 @@ def test_idle_pipeline_keeps_the_slot_close_to_the_wal(source_dsn, target_dsn):
     try:
         wait_for(lambda: slot_lsn(source_dsn, SLOT) > 0, 30, "the slot")
         for _ in range(5):
-            execute(source_dsn, "INSERT INTO other.noise (pad) SELECT repeat('x', 500)"
-                                " FROM generate_series(1, 2000)")
+            execute(
+                source_dsn,
+                "INSERT INTO other.noise (pad) SELECT repeat('x', 500)"
+                " FROM generate_series(1, 2000)",
+            )
         goal = current_lsn(source_dsn)
         wait_for(lambda: slot_lsn(source_dsn, SLOT) >= goal, 30, "the slot to pass the noise")
         # The slot never runs ahead of the checkpoint the target holds.
@@ -104,9 +107,7 @@ def test_existing_slot_without_checkpoint_refuses_to_start(source_dsn, target_ds
     assert "holds no checkpoint" in str(error)
 
 
-def test_crash_between_slot_creation_and_first_checkpoint_adopts_the_slot(
-    source_dsn, target_dsn
-):
+def test_crash_between_slot_creation_and_first_checkpoint_adopts_the_slot(source_dsn, target_dsn):
     """The 'creating' marker lets a restart adopt the slot it made just before crashing."""
     execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     start(source_dsn, target_dsn).stop()
@@ -135,4 +136,35 @@ def test_acknowledged_position_is_always_durable(source_dsn, target_dsn):
         assert slot_lsn(source_dsn, SLOT) <= checkpoint_lsn(target_dsn, "safety")
     finally:
         pipeline.stop()
+    assert_same_rows(source_dsn, target_dsn, "t")
+
+
+def test_target_stalled_longer_than_wal_sender_timeout(pg_cluster_factory, target_dsn):
+    """While the target is blocked, status updates keep the replication connection alive."""
+    import threading
+
+    source = pg_cluster_factory("stall", wal_sender_timeout="2s")
+    source_dsn = source.create_database("stall")
+    execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int)")
+    pipeline = start(source_dsn, target_dsn)
+    try:
+        execute(source_dsn, "INSERT INTO t SELECT g, 0 FROM generate_series(1, 50000) g")
+        wait_caught_up(source_dsn, target_dsn, "safety")
+        locked = threading.Event()
+
+        def hold_lock() -> None:
+            with connect(target_dsn) as conn, conn.transaction():
+                conn.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+                locked.set()
+                time.sleep(7)
+
+        holder = threading.Thread(target=hold_lock)
+        holder.start()
+        locked.wait(10)
+        execute(source_dsn, "UPDATE t SET v = v + 1")
+        holder.join()
+        wait_caught_up(source_dsn, target_dsn, "safety")
+    finally:
+        pipeline.stop()
+    assert "replication timeout" not in source.logfile.read_text()
     assert_same_rows(source_dsn, target_dsn, "t")

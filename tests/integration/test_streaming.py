@@ -27,8 +27,11 @@ def start(source_dsn: str, target_dsn: str):
         # Wait until the slot exists so changes made from now on are captured.
         from tests.support import checkpoint_lsn, wait_for
 
-        wait_for(lambda: checkpoint_lsn(target_dsn, name) > 0 or pipeline.error is not None,
-                 30, "the pipeline to create its slot")
+        wait_for(
+            lambda: checkpoint_lsn(target_dsn, name) > 0 or pipeline.error is not None,
+            30,
+            "the pipeline to create its slot",
+        )
         if pipeline.error is not None:
             raise pipeline.error
         return pipeline
@@ -136,9 +139,13 @@ def test_keyless_table_updates_exactly_one_of_identical_rows(start, source_dsn, 
     )
     start()
     with connect(source_dsn) as conn:
-        conn.execute("""INSERT INTO log VALUES ('a', 1, '{"k": 1}'), ('a', 1, '{"k": 1}'),"""
-                     """ ('a', 1, '{"k": 1}'), ('b', NULL, NULL)""")
-        conn.execute("UPDATE log SET n = 2 WHERE ctid = (SELECT ctid FROM log WHERE msg = 'a' LIMIT 1)")
+        conn.execute(
+            """INSERT INTO log VALUES ('a', 1, '{"k": 1}'), ('a', 1, '{"k": 1}'),"""
+            """ ('a', 1, '{"k": 1}'), ('b', NULL, NULL)"""
+        )
+        conn.execute(
+            "UPDATE log SET n = 2 WHERE ctid = (SELECT ctid FROM log WHERE msg = 'a' LIMIT 1)"
+        )
         conn.execute("DELETE FROM log WHERE ctid = (SELECT ctid FROM log WHERE n = 1 LIMIT 1)")
         conn.execute("UPDATE log SET msg = 'c' WHERE n IS NULL")
     wait_caught_up(source_dsn, target_dsn, "it")
@@ -177,7 +184,9 @@ def test_partitions_replicate_into_one_table_and_generated_columns_stay_generate
             "SELECT c.relkind, a.attgenerated FROM pg_class c JOIN pg_attribute a"
             " ON a.attrelid = c.oid WHERE c.relname = 'm' AND a.attname = 'doubled'"
         ).fetchone()
-        partitions = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'm\\_2%'").fetchone()
+        partitions = conn.execute(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'm\\_2%'"
+        ).fetchone()
     assert kinds == ("r", "s")
     assert partitions == (0,)
 
@@ -219,8 +228,8 @@ def test_composite_keys_and_schemas_are_kept(start, source_dsn, target_dsn):
         source_dsn,
         "INSERT INTO sales.\"Order Lines\" SELECT o, l, 'sku' || l"
         " FROM generate_series(1, 20) o, generate_series(1, 3) l",
-        "UPDATE sales.\"Order Lines\" SET line = line + 10 WHERE order_id = 4",
-        "DELETE FROM sales.\"Order Lines\" WHERE line = 2",
+        'UPDATE sales."Order Lines" SET line = line + 10 WHERE order_id = 4',
+        'DELETE FROM sales."Order Lines" WHERE line = 2',
         "INSERT INTO public.skip_me VALUES (1)",
     )
     wait_caught_up(source_dsn, target_dsn, "it")

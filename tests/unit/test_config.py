@@ -79,7 +79,10 @@ pipelines:
         load_config(write(tmp_path, text), {})
     message = str(err.value)
     assert "4 problems" in message
-    assert "pipelines[0].source.tables (line 7): table pattern 'orders' must be schema-qualified" in message
+    assert (
+        "pipelines[0].source.tables (line 7): table pattern 'orders' must be schema-qualified"
+        in message
+    )
     assert "pipelines[0].source.snapshot (line 8): must be one of 'initial' or 'never'" in message
     assert "pipelines[0].sink.colour (line 12): unknown key 'colour'" in message
     assert "pipelines[0].batch.max_events (line 14)" in message

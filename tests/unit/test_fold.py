@@ -127,7 +127,10 @@ def test_swap_of_keys_reads_unchanged_values_from_the_original_rows():
 
 def test_insert_then_delete_in_one_batch_deletes_the_key():
     """A row inserted and deleted within one batch ends up deleted (a replayed insert too)."""
-    events = [_event(Op.INSERT, None, {"id": 5, "v": 1, "doc": "x"}), _event(Op.DELETE, {"id": 5}, None)]
+    events = [
+        _event(Op.INSERT, None, {"id": 5, "v": 1, "doc": "x"}),
+        _event(Op.DELETE, {"id": 5}, None),
+    ]
     folded = fold_changes(events, KEY)
     assert folded.upserts == [] and folded.deletes == [(5,)]
 
@@ -159,8 +162,9 @@ def test_nan_keys_fold_together():
     schema = TableSchema(TableId("public", "f"), (Column("k", "double precision"),), ("k",))
     events = [
         ChangeEvent(Op.INSERT, schema, None, None, {"k": float("nan")}, PgPosition(1, 1)),
-        ChangeEvent(Op.DELETE, schema, {"k": float("nan")}, {"k": float("nan")}, None,
-                    PgPosition(1, 2)),
+        ChangeEvent(
+            Op.DELETE, schema, {"k": float("nan")}, {"k": float("nan")}, None, PgPosition(1, 2)
+        ),
     ]
     folded = fold_changes(events, ("k",))
     assert folded.upserts == [] and len(folded.deletes) == 1

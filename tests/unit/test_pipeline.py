@@ -184,8 +184,15 @@ def test_a_transaction_larger_than_a_batch_is_chunked_then_committed_once():
 
 def test_complete_transactions_are_committed_before_a_partial_one_is_chunked():
     """When the size limit hits mid-transaction, the finished transactions commit first."""
-    items: list[StreamItem] = [insert(1, 1), commit(1), insert(2, 1), insert(2, 2), insert(2, 3),
-                               commit(2), Heartbeat()]
+    items: list[StreamItem] = [
+        insert(1, 1),
+        commit(1),
+        insert(2, 1),
+        insert(2, 2),
+        insert(2, 3),
+        commit(2),
+        Heartbeat(),
+    ]
     pipeline, source, sink = run(items, config(max_events=3))
     pipeline.run()
     assert sink.committed[0] == [1001]
@@ -203,8 +210,13 @@ def test_idle_heartbeat_position_is_checkpointed_before_it_is_acknowledged():
 
 def test_heartbeat_position_is_ignored_in_the_middle_of_a_transaction():
     """A keepalive position never becomes a checkpoint while a transaction is half read."""
-    items: list[StreamItem] = [insert(1, 1), commit(1), Heartbeat(), insert(2, 1),
-                               Heartbeat(PgPosition(500))]
+    items: list[StreamItem] = [
+        insert(1, 1),
+        commit(1),
+        Heartbeat(),
+        insert(2, 1),
+        Heartbeat(PgPosition(500)),
+    ]
     pipeline, source, sink = run(items)
     pipeline.run()
     assert source.acked == [PgPosition(110)]

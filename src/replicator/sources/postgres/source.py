@@ -72,6 +72,7 @@ class PostgresSource(Source):
         self._sent_flush = 0
         self._received = 0
         self._last_status = 0.0
+        self._status_every = pipeline.source.status_interval_s
         self._encoding = "utf-8"
         self._types: dict[int, PgType] = {}
 
@@ -167,6 +168,8 @@ class PostgresSource(Source):
         """Stream from ``start``; yields a Heartbeat whenever nothing is ready right now."""
         position = _as_pg(start)
         assert position is not None and self._repl is not None
+        # Asked before streaming: a replication connection takes no commands during COPY BOTH.
+        self._status_every = self._status_interval(self._repl)
         self._repl.start(self._slot, position.lsn, self._publication)
         self._acked = self._sent_flush = self._received = position.lsn
         self._log.info("streaming", slot=self._slot, start=str(position))
@@ -311,7 +314,7 @@ class PostgresSource(Source):
         repl = self._repl
         assert repl is not None
         decoder = ChangeDecoder(self._describe, self._lookup_type, self._encoding)
-        status_interval = self._status_interval(repl)
+        status_interval = self._status_every
         last_commit_end = self._acked
         last_heartbeat = 0.0
         try:
