@@ -142,6 +142,27 @@ def slot_lsn(source_dsn: str, slot: str) -> int:
     return parse_lsn(row[0]) if row and row[0] else 0
 
 
+def slot_active(source_dsn: str, slot: str) -> bool:
+    """Whether a walsender is streaming from the slot right now."""
+    with connect(source_dsn) as conn:
+        row = conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def wait_streaming(pipeline: RunningPipeline, source_dsn: str, timeout: float = 30) -> None:
+    """Wait until the pipeline streams (its publication is in place), or raise its error."""
+    slot = pipeline.config.slot_name
+    wait_for(
+        lambda: pipeline.error is not None or slot_active(source_dsn, slot),
+        timeout,
+        f"slot {slot} to become active",
+    )
+    if pipeline.error is not None:
+        raise pipeline.error
+
+
 def wait_caught_up(source_dsn: str, target_dsn: str, pipeline: str, timeout: float = 60) -> None:
     """Wait until the target's checkpoint covers everything the source has written so far."""
     goal = current_lsn(source_dsn)

@@ -173,6 +173,7 @@ class TableSchema:
     generated: tuple[Column, ...] = ()
     types: tuple[TypeDefinition, ...] = ()
     order: tuple[str, ...] = ()  # all column names (generated included) in source order
+    source_id: str | None = None  # the table's stable identity in the source (PostgreSQL: OID)
     dialect: str = "postgres"
 
     @property

@@ -17,6 +17,7 @@ from tests.support import (
     slot_lsn,
     wait_caught_up,
     wait_for,
+    wait_streaming,
 )
 
 SLOT = "replicator_safety"
@@ -24,13 +25,7 @@ SLOT = "replicator_safety"
 
 def start(source_dsn: str, target_dsn: str) -> RunningPipeline:
     pipeline = RunningPipeline(pipeline_config("safety", source_dsn, target_dsn))
-    wait_for(
-        lambda: checkpoint_lsn(target_dsn, "safety") > 0 or pipeline.error is not None,
-        30,
-        "the slot",
-    )
-    if pipeline.error is not None:
-        raise pipeline.error
+    wait_streaming(pipeline, source_dsn)
     return pipeline
 
 

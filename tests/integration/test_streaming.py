@@ -13,6 +13,7 @@ from tests.support import (
     pipeline_config,
     table_rows,
     wait_caught_up,
+    wait_streaming,
 )
 
 
@@ -24,16 +25,8 @@ def start(source_dsn: str, target_dsn: str):
     def starter(tables: list[str] | None = None, name: str = "it", **extra: object):
         pipeline = RunningPipeline(pipeline_config(name, source_dsn, target_dsn, tables, **extra))
         running.append(pipeline)
-        # Wait until the slot exists so changes made from now on are captured.
-        from tests.support import checkpoint_lsn, wait_for
-
-        wait_for(
-            lambda: checkpoint_lsn(target_dsn, name) > 0 or pipeline.error is not None,
-            30,
-            "the pipeline to create its slot",
-        )
-        if pipeline.error is not None:
-            raise pipeline.error
+        # Changes made from now on are captured: the slot streams the publication.
+        wait_streaming(pipeline, source_dsn)
         return pipeline
 
     yield starter
@@ -236,3 +229,91 @@ def test_composite_keys_and_schemas_are_kept(start, source_dsn, target_dsn):
     assert_same_rows(source_dsn, target_dsn, 'sales."Order Lines"')
     with connect(target_dsn) as conn:
         assert conn.execute("SELECT to_regclass('public.skip_me')").fetchone() == (None,)
+
+
+def test_every_type_survives_the_stream_and_keeps_its_type(start, source_dsn, target_dsn):
+    """All value edge cases travel through pgoutput and COPY unchanged, in identical types."""
+    from tests.integration.test_value_roundtrip import CASES, USER_TYPES
+
+    columns = ", ".join(f"c{i} {t}" for i, (t, _) in enumerate(CASES))
+    execute(source_dsn, *USER_TYPES, f"CREATE TABLE every (id int PRIMARY KEY, {columns})")
+    start()
+    values = ", ".join(
+        "NULL" if v is None else f"'{v.replace(chr(39), chr(39) * 2)}'::{t}" for t, v in CASES
+    )
+    execute(
+        source_dsn,
+        f"INSERT INTO every VALUES (1, {values})",
+        "INSERT INTO every (id) VALUES (2)",
+        f"INSERT INTO every VALUES (3, {values})",
+        "UPDATE every SET id = 4 WHERE id = 3",
+    )
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert_same_rows(source_dsn, target_dsn, "every")
+    type_query = (
+        "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'every'::regclass AND attnum > 0 ORDER BY attnum"
+    )
+    with connect(source_dsn) as src, connect(target_dsn) as dst:
+        assert src.execute(type_query).fetchall() == dst.execute(type_query).fetchall()
+
+
+@pytest.mark.parametrize(
+    ("ddl", "message", "fix"),
+    [
+        (
+            "ALTER TABLE s DROP COLUMN a",
+            "column a exists in the target but no longer in the source",
+            "ALTER TABLE public.s DROP COLUMN a;",
+        ),
+        (
+            "ALTER TABLE s ALTER COLUMN a TYPE bigint USING length(a)",
+            "column a is bigint in the source but text in the target",
+            "ALTER TABLE public.s ALTER COLUMN a TYPE bigint;",
+        ),
+    ],
+)
+def test_dropped_or_retyped_column_stops_with_the_fix(
+    start, source_dsn, target_dsn, ddl, message, fix
+):
+    """Dropping or retyping a column stops the pipeline and names the statement to run."""
+    execute(source_dsn, "CREATE TABLE s (id int PRIMARY KEY, a text, b int)")
+    pipeline = start()
+    execute(source_dsn, "INSERT INTO s VALUES (1, 'x', 1)", ddl, "INSERT INTO s (id) VALUES (2)")
+    error = pipeline.wait_failed()
+    assert isinstance(error, SchemaMismatchError)
+    assert message in str(error) and fix in str(error)
+    assert table_rows(target_dsn, "s") == ["(1,x,1)"]  # the change before stays applied
+
+
+def test_renamed_source_table_is_not_copied_twice(start, source_dsn, target_dsn):
+    """A table renamed in the source stops the pipeline instead of starting a partial copy."""
+    execute(source_dsn, "CREATE TABLE old_name (id int PRIMARY KEY)")
+    pipeline = start()
+    execute(source_dsn, "INSERT INTO old_name VALUES (1)")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    execute(
+        source_dsn, "ALTER TABLE old_name RENAME TO new_name", "INSERT INTO new_name VALUES (2)"
+    )
+    error = pipeline.wait_failed()
+    assert isinstance(error, SchemaMismatchError)
+    assert "ALTER TABLE public.old_name RENAME TO new_name;" in str(error)
+    execute(target_dsn, "ALTER TABLE old_name RENAME TO new_name")
+    start()
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert_same_rows(source_dsn, target_dsn, "new_name")
+
+
+def test_recreated_source_table_does_not_keep_old_rows(start, source_dsn, target_dsn):
+    """A table dropped and re-created under the same name is not merged with the old copy."""
+    execute(source_dsn, "CREATE TABLE r (id int PRIMARY KEY)")
+    pipeline = start()
+    execute(source_dsn, "INSERT INTO r VALUES (1)")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    pipeline.stop()
+    execute(source_dsn, "DROP TABLE r", "CREATE TABLE r (id int PRIMARY KEY)")
+    pipeline = start()
+    execute(source_dsn, "INSERT INTO r VALUES (2)")
+    error = pipeline.wait_failed()
+    assert isinstance(error, SchemaMismatchError)
+    assert "dropped and re-created" in str(error) and "DROP TABLE public.r;" in str(error)

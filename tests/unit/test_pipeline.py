@@ -23,7 +23,7 @@ from replicator.contracts import (
     Source,
 )
 from replicator.engine.pipeline import Pipeline
-from replicator.errors import SchemaMismatchError
+from replicator.errors import SchemaMismatchError, SourceConnectionError
 from replicator.events import (
     ChangeEvent,
     Column,
@@ -228,6 +228,34 @@ def test_schema_mismatch_commits_earlier_transactions_then_fails():
     items: list[StreamItem] = [insert(1, 1), commit(1), insert(2, 1, other), commit(2)]
     pipeline, source, sink = run(items, mismatch=TableId("public", "u"))
     with pytest.raises(SchemaMismatchError):
+        pipeline.run()
+    assert sink.committed == [[1001]]
+    assert source.acked == [PgPosition(110)]
+
+
+def test_an_empty_transaction_before_a_huge_one_never_commits_a_partial_chunk():
+    """A boundary with no events, then a chunked transaction: no commit lands mid-transaction."""
+    items: list[StreamItem] = [commit(1)] + [insert(2, i) for i in range(1, 6)]
+    pipeline, source, sink = run(items, config(max_events=2))
+    pipeline.run()
+    assert source.acked == [PgPosition(110)]
+    assert sink.committed == [[]]  # only the empty transaction's position was committed
+    assert sink.rollbacks >= 1  # the unfinished transaction's chunks were rolled back
+
+
+class FailingSource(FakeSource):
+    def stream(self, start: Position) -> Iterator[StreamItem]:
+        yield from self.items
+        raise SourceConnectionError("connection lost")
+
+
+def test_complete_transactions_are_kept_when_the_source_fails():
+    """A source failure still commits every transaction that was read completely."""
+    items: list[StreamItem] = [insert(1, 1), commit(1), insert(2, 1)]
+    source = FailingSource(items)
+    sink = FakeSink(source.log)
+    pipeline = Pipeline(config(), source, sink, FakeStore(), threading.Event())
+    with pytest.raises(SourceConnectionError):
         pipeline.run()
     assert sink.committed == [[1001]]
     assert source.acked == [PgPosition(110)]

@@ -18,7 +18,7 @@ import psycopg
 
 from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
 from replicator.errors import SinkConnectionError, SinkError
-from replicator.events import Position
+from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
 
 SCHEMA = "_replicator"
@@ -35,6 +35,13 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.checkpoints (
     rows_deleted bigint NOT NULL DEFAULT 0,
     truncates bigint NOT NULL DEFAULT 0,
     updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.tables (
+    pipeline text NOT NULL,
+    source_id text NOT NULL,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    PRIMARY KEY (pipeline, source_id)
 );
 CREATE TABLE IF NOT EXISTS {SCHEMA}.pipelines (
     pipeline text PRIMARY KEY,
@@ -96,6 +103,35 @@ def write_checkpoint(
             s.deleted,
             s.truncated,
         ),
+    )
+
+
+def known_tables(
+    conn: psycopg.Connection[Any], pipeline: str, source_id: str, table: TableId
+) -> list[tuple[str, TableId]]:
+    """Tables this pipeline wrote before with the same source identity or the same name."""
+    rows = conn.execute(
+        f"SELECT source_id, schema_name, table_name FROM {SCHEMA}.tables"
+        " WHERE pipeline = %s AND (source_id = %s OR (schema_name = %s AND table_name = %s))",
+        (pipeline, source_id, table.schema, table.name),
+    ).fetchall()
+    return [(r[0], TableId(r[1], r[2])) for r in rows]
+
+
+def remember_table(
+    conn: psycopg.Connection[Any], pipeline: str, source_id: str, table: TableId
+) -> None:
+    """Record which source table a target table copies (inside the caller's transaction)."""
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.tables WHERE pipeline = %s AND schema_name = %s"
+        " AND table_name = %s AND source_id <> %s",
+        (pipeline, table.schema, table.name, source_id),
+    )
+    conn.execute(
+        f"INSERT INTO {SCHEMA}.tables (pipeline, source_id, schema_name, table_name)"
+        " VALUES (%s, %s, %s, %s) ON CONFLICT (pipeline, source_id) DO UPDATE"
+        " SET schema_name = EXCLUDED.schema_name, table_name = EXCLUDED.table_name",
+        (pipeline, source_id, table.schema, table.name),
     )
 
 
@@ -177,6 +213,7 @@ class PostgresCheckpointStore(CheckpointStore):
                     f"DELETE FROM {SCHEMA}.checkpoints WHERE pipeline = %s", (pipeline,)
                 )
                 conn.execute(f"DELETE FROM {SCHEMA}.pipelines WHERE pipeline = %s", (pipeline,))
+                conn.execute(f"DELETE FROM {SCHEMA}.tables WHERE pipeline = %s", (pipeline,))
                 return cur.rowcount > 0
         except psycopg.Error as exc:
             raise _translate(exc) from exc

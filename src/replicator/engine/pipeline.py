@@ -143,14 +143,23 @@ class Pipeline:
     def _stream(self, start: Position) -> None:
         batch = self.config.batch
         max_age = batch.max_age_ms / 1000
-        for item in self._source.stream(start):
+        stream = iter(self._source.stream(start))
+        while True:
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+            except BaseException:
+                # The source failed: every transaction read completely is still good to keep.
+                self._keep_complete()
+                raise
             now = time.monotonic()
             if isinstance(item, ChangeEvent):
                 self._add_event(item, now)
-                if len(self._pending) >= batch.max_events or self._pending_bytes >= batch.max_bytes:
-                    if self._last_commit is not None and self._boundary:
+                if self._full(batch.max_events, batch.max_bytes):
+                    if self._last_commit is not None:
                         self._flush()
-                    else:
+                    if self._full(batch.max_events, batch.max_bytes):
                         self._flush_chunk()
             elif isinstance(item, TxCommit):
                 self._last_commit = item
@@ -177,14 +186,24 @@ class Pipeline:
             if now - self._last_status >= STATUS_INTERVAL:
                 self._report(now)
 
+    def _full(self, max_events: int, max_bytes: int) -> bool:
+        return len(self._pending) >= max_events or self._pending_bytes >= max_bytes
+
+    def _keep_complete(self) -> None:
+        if self._last_commit is None:
+            return
+        try:
+            self._flush()
+        except Exception as exc:  # noqa: BLE001 - the original failure is the one to report
+            self._log.warning("could not commit the complete transactions", error=str(exc))
+
     def _add_event(self, event: ChangeEvent, now: float) -> None:
         if self._schemas.get(event.table) is not event.schema:
             try:
                 self._sink.ensure_table(event.schema)
             except SchemaMismatchError:
                 # Keep every complete transaction before the change, then stop loudly.
-                if self._last_commit is not None and self._boundary:
-                    self._flush()
+                self._keep_complete()
                 raise
             self._schemas[event.table] = event.schema
         if not self._pending and not self._oldest:
@@ -236,6 +255,8 @@ class Pipeline:
 
     def _flush_chunk(self) -> None:
         """Apply part of a transaction too large for one batch; its commit comes later."""
+        # Only ever the unfinished transaction: complete ones were committed just before.
+        assert self._last_commit is None
         events = self._pending
         self._sink.apply(Batch(events=events, commit=None), self.name)
         self._chunked_ops.extend(e.op for e in events)

@@ -20,11 +20,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.checkpoints.postgres import write_checkpoint
+from replicator.checkpoints.postgres import known_tables, remember_table, write_checkpoint
 from replicator.config import PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
 from replicator.errors import SchemaMismatchError, SinkConnectionError, SinkError
-from replicator.events import UNCHANGED, ChangeEvent, Op, Position, TableId, TableSchema
+from replicator.events import (
+    UNCHANGED,
+    ChangeEvent,
+    Op,
+    Position,
+    TableId,
+    TableSchema,
+    quote_ident,
+)
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.pgsession import IDENTITY_QUERY, connection_string
@@ -374,6 +382,7 @@ class PostgresSink(Sink):
         conn = self._connection()
         try:
             target = ddl.read_table(conn, schema.table)
+            self._check_identity(conn, schema, exists=target is not None)
             if target is None:
                 ddl.create_table(conn, schema)
                 target = ddl.read_table(conn, schema.table)
@@ -401,6 +410,45 @@ class PostgresSink(Sink):
         self._appliers[schema.table] = (
             _KeyedTable(schema, target) if schema.key else _KeylessTable(schema, target)
         )
+
+    def _check_identity(
+        self, conn: psycopg.Connection[Any], schema: TableSchema, exists: bool
+    ) -> None:
+        """Catch a source table renamed, or dropped and re-created, since the target copied it.
+
+        Either would otherwise go unnoticed: the renamed table would get a second, partial copy
+        under its new name, and the re-created one would keep the old table's rows.
+        """
+        source_id = schema.source_id
+        if source_id is None:
+            return
+        table = schema.table
+        for known_id, known in known_tables(conn, self._pipeline.name, source_id, table):
+            if known_id == source_id and known != table and not exists:
+                if ddl.read_table(conn, known) is None:
+                    continue  # the old copy is gone: nothing to keep apart
+                steps = []
+                moved = known
+                if known.schema != table.schema:
+                    schema_name = quote_ident(table.schema)
+                    steps.append(f"ALTER TABLE {known.quoted} SET SCHEMA {schema_name};")
+                    moved = TableId(table.schema, known.name)
+                if known.name != table.name:
+                    steps.append(f"ALTER TABLE {moved.quoted} RENAME TO {quote_ident(table.name)};")
+                raise SchemaMismatchError(
+                    f"source table {known} was renamed to {table}; the target still has it as "
+                    f"{known}",
+                    fix="on the target, run: " + " ".join(steps) + " then restart the pipeline",
+                )
+            if known_id != source_id and known == table and exists:
+                raise SchemaMismatchError(
+                    f"table {table} was dropped and re-created in the source, but the target "
+                    "still holds the rows of the old table",
+                    fix=f"on the target, run: DROP TABLE {table.quoted}; then restart the "
+                    "pipeline (it re-creates the table; rows the new source table received "
+                    "before the pipeline captured it are not copied)",
+                )
+        remember_table(conn, self._pipeline.name, source_id, table)
 
     def apply(self, batch: Batch, pipeline: str) -> Position | None:
         """Apply the batch; commit with the checkpoint when it ends a source transaction."""

@@ -179,6 +179,7 @@ def build_table_schema(conn: psycopg.Connection[Any], relation: pgoutput.Relatio
         types=user_type_definitions(conn, type_oids),
         # The catalog may have moved on since this WAL was written; then keep message order.
         order=order if set(order) == wanted else (),
+        source_id=str(relation.relation_id),
     )
 
 
