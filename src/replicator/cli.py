@@ -147,14 +147,17 @@ def check(config: ConfigOption, pipeline: PipelineOption = None) -> None:
         errors = 0
         for p in chosen:
             typer.echo(f"pipeline {p.name}:")
+            checker = make_pipeline(p, threading.Event())
             try:
-                problems = make_pipeline(p, threading.Event()).check()
+                problems = checker.check()
             except ReplicatorError as exc:
                 typer.echo(f"  ERROR    {redact(exc.message)}")
                 if exc.fix:
                     typer.echo(f"           fix: {redact(exc.fix)}")
                 errors += 1
                 continue
+            finally:
+                checker.close()
             if not problems:
                 typer.echo("  ok: ready to run")
             for problem in problems:

@@ -1,8 +1,12 @@
 """Connection settings shared by every PostgreSQL connection Replicator opens.
 
 Values travel as text between source and target, so both ends pin the settings that shape
-that text; the sink also pins ``synchronous_commit = on``, because Replicator acknowledges the
-source as soon as the target's COMMIT returns and a lazily-flushed commit could then be lost.
+that text. ``search_path`` is pinned to ``pg_catalog`` (as PostgreSQL's own apply worker pins
+it to empty): type names, generated-column expressions and domain checks then come out
+schema-qualified and identical on both ends, whatever the roles' own search paths, and no
+object planted in a user schema can shadow a built-in. The sink also pins
+``synchronous_commit = on``, because Replicator acknowledges the source as soon as the
+target's COMMIT returns and a lazily-flushed commit could then be lost.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ TEXT_SETTINGS = {
     "extra_float_digits": "3",
     "bytea_output": "hex",
 }
+"""Settings that shape the text form of values."""
+
+SESSION_SETTINGS = {**TEXT_SETTINGS, "search_path": "pg_catalog"}
+"""Everything pinned on Replicator's own connections."""
 
 
 def connection_string(
@@ -25,7 +33,7 @@ def connection_string(
 ) -> str:
     """``dsn`` plus pinned session settings, an application name and a connect timeout."""
     params = conninfo_to_dict(dsn)
-    pinned = dict(TEXT_SETTINGS)
+    pinned = dict(SESSION_SETTINGS)
     pinned.update(settings or {})
     forced = " ".join(f"-c {name}={value}" for name, value in pinned.items())
     existing = params.get("options")

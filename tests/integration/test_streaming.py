@@ -317,3 +317,26 @@ def test_recreated_source_table_does_not_keep_old_rows(start, source_dsn, target
     error = pipeline.wait_failed()
     assert isinstance(error, SchemaMismatchError)
     assert "dropped and re-created" in str(error) and "DROP TABLE public.r;" in str(error)
+
+
+def test_types_in_other_schemas_resolve_whatever_the_search_path(start, source_dsn, target_dsn):
+    """Type names are schema-qualified on both ends, so a custom search_path changes nothing."""
+    database = source_dsn.rsplit("/", 1)[1]
+    execute(
+        source_dsn,
+        "CREATE SCHEMA sales",
+        "CREATE TYPE sales.status AS ENUM ('new', 'paid')",
+        "CREATE DOMAIN sales.cents AS bigint CHECK (VALUE >= 0)",
+        f'ALTER DATABASE "{database}" SET search_path = sales, public',
+    )
+    execute(source_dsn, "CREATE TABLE public.orders (id int PRIMARY KEY, s status, c cents)")
+    start()
+    execute(source_dsn, "INSERT INTO public.orders VALUES (1, 'paid', 250)")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert_same_rows(source_dsn, target_dsn, "public.orders")
+    with connect(target_dsn) as conn:
+        types = conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = 'public.orders'::regclass AND attnum > 1 ORDER BY attnum"
+        ).fetchall()
+    assert types == [("sales.status",), ("sales.cents",)]

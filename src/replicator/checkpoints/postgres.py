@@ -20,6 +20,7 @@ from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
+from replicator.pgsession import connection_string
 
 SCHEMA = "_replicator"
 
@@ -148,11 +149,7 @@ class PostgresCheckpointStore(CheckpointStore):
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(
-                    self._dsn,
-                    autocommit=True,
-                    application_name=self._app,
-                    connect_timeout=10,
-                    options="-c TimeZone=UTC",
+                    connection_string(self._dsn, self._app), autocommit=True
                 )
             except psycopg.Error as exc:
                 raise SinkConnectionError(

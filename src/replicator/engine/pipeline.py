@@ -128,9 +128,13 @@ class Pipeline:
             self._safe_report("stopped")
             self._log.info("stopped", checkpoint=str(self._durable), **self._summary())
         finally:
-            self._source.close()
-            self._sink.close()
-            self._store.close()
+            self.close()
+
+    def close(self) -> None:
+        """Close the source, sink and checkpoint store connections; idempotent."""
+        self._source.close()
+        self._sink.close()
+        self._store.close()
 
     def _safe_report(self, phase: str, error: str | None = None) -> None:
         try:

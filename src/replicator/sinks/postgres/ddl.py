@@ -134,6 +134,7 @@ def _ensure_type(conn: psycopg.Connection[Any], definition: TypeDefinition) -> N
             with conn.transaction():
                 conn.execute(
                     f"CREATE EXTENSION IF NOT EXISTS {quote_ident(definition.base_type or '')}"
+                    f" SCHEMA {quote_ident(definition.schema)}"
                 )
         else:
             raise SchemaMismatchError(
