@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
 from replicator.errors import SinkConnectionError, SinkError
@@ -81,30 +82,37 @@ def ensure_tables(conn: psycopg.Connection[Any]) -> None:
         conn.execute(_DDL)
 
 
-def write_checkpoint(
-    conn: psycopg.Connection[Any],
+def checkpoint_statement(
     pipeline: str,
     position: Position,
     *,
     commit_ts: datetime | None = None,
     transactions: int = 0,
     stats: ApplyStats | None = None,
+) -> sql.Composed:
+    """The statement that writes the checkpoint row, values inlined as SQL literals.
+
+    Inlined so that it can travel in the same round trip as the batch's last statements.
+    """
+    s = stats or ApplyStats()
+    values = (
+        pipeline,
+        json.dumps(position.to_json()),
+        commit_ts,
+        transactions,
+        s.inserted,
+        s.updated,
+        s.deleted,
+        s.truncated,
+    )
+    return sql.SQL(_UPSERT.replace("%s", "{}")).format(*(sql.Literal(v) for v in values))
+
+
+def write_checkpoint(
+    conn: psycopg.Connection[Any], pipeline: str, position: Position, **kwargs: Any
 ) -> None:
     """Write the checkpoint row inside the caller's open transaction."""
-    s = stats or ApplyStats()
-    conn.execute(
-        _UPSERT,
-        (
-            pipeline,
-            json.dumps(position.to_json()),
-            commit_ts,
-            transactions,
-            s.inserted,
-            s.updated,
-            s.deleted,
-            s.truncated,
-        ),
-    )
+    conn.execute(checkpoint_statement(pipeline, position, **kwargs))
 
 
 def known_tables(

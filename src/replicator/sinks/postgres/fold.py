@@ -37,7 +37,11 @@ def _hashable(value: Any) -> Any:
 
 def key_of(row: Row, key: tuple[str, ...]) -> Key:
     """The key tuple of ``row`` (hashable even for array or NaN key values)."""
-    return tuple(_hashable(row[k]) for k in key)
+    values = tuple([row[k] for k in key])
+    for value in values:
+        if type(value) is list or type(value) is float:
+            return tuple([_hashable(v) for v in values])
+    return values
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.checkpoints.postgres import known_tables, remember_table, write_checkpoint
+from replicator.checkpoints.postgres import checkpoint_statement, known_tables, remember_table
 from replicator.config import PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
 from replicator.errors import SchemaMismatchError, SinkConnectionError, SinkError
@@ -138,15 +138,20 @@ class _KeyedTable:
         self._upserts[unchanged] = statement
         return statement
 
-    def apply(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> ApplyStats:
+    def apply(
+        self, conn: psycopg.Connection[Any], events: list[ChangeEvent], deferred: list[Any]
+    ) -> ApplyStats:
+        """Stage the net effect now; queue the upsert and delete on ``deferred``."""
         folded = fold_changes(events, self.key)
         if folded.truncate:
             conn.execute(sql.SQL("TRUNCATE {}").format(self.target))
         if folded.upserts or folded.deletes:
-            self._stage(conn, folded)
+            self._stage(conn, folded, deferred)
         return folded.stats
 
-    def _stage(self, conn: psycopg.Connection[Any], folded: FoldedTable) -> None:
+    def _stage(
+        self, conn: psycopg.Connection[Any], folded: FoldedTable, deferred: list[Any]
+    ) -> None:
         if not self.created:
             conn.execute(self.create_sql)
             self.created = True
@@ -190,10 +195,11 @@ class _KeyedTable:
                     "values are unknown: the target is not a copy of the source",
                     fix="re-copy the table from the source (the initial snapshot), then resume",
                 )
+        # Upsert before delete: the upsert reads unchanged values from rows the delete removes.
         if folded.upserts:
-            conn.execute(self.upsert_sql(frozenset(unchanged)))
+            deferred.append(self.upsert_sql(frozenset(unchanged)))
         if folded.deletes:
-            conn.execute(self.delete_sql)
+            deferred.append(self.delete_sql)
 
     def end_transaction(self) -> None:
         self.used_in_transaction = False
@@ -227,7 +233,10 @@ class _KeylessTable:
         )
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE {}").format(self.target, one_row)
 
-    def apply(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> ApplyStats:
+    def apply(
+        self, conn: psycopg.Connection[Any], events: list[ChangeEvent], deferred: list[Any]
+    ) -> ApplyStats:
+        """Apply in order, now (row order matters without a key)."""
         stats = ApplyStats()
         inserts: list[str] = []
         pending_op: Op | None = None
@@ -453,26 +462,41 @@ class PostgresSink(Sink):
     def apply(self, batch: Batch, pipeline: str) -> Position | None:
         """Apply the batch; commit with the checkpoint when it ends a source transaction."""
         conn = self._connection()
+        # Statements that need no answer travel together in one round trip at the end.
+        deferred: list[Any] = []
         try:
             self._in_transaction = True
             for table, events in _group_by_table(batch.events):
                 applier = self._applier(table)
                 try:
-                    stats = applier.apply(conn, events)
+                    stats = applier.apply(conn, events, deferred)
                 except psycopg.Error as exc:
                     raise _translate(exc, f"applying changes to {table}", events) from exc
                 _add(self._open_stats, stats)
             self._open_transactions += batch.transactions
+            if batch.commit is not None:
+                deferred.append(
+                    checkpoint_statement(
+                        pipeline,
+                        batch.commit.position,
+                        commit_ts=batch.commit.commit_ts,
+                        transactions=self._open_transactions,
+                        stats=self._open_stats,
+                    )
+                )
+            if deferred:
+                try:
+                    conn.execute(sql.SQL(";\n").join(deferred))
+                except psycopg.Error as exc:
+                    table_name = exc.diag.table_name
+                    where = (
+                        f"changes to {exc.diag.schema_name}.{table_name}"
+                        if table_name
+                        else ("changes")
+                    )
+                    raise _translate(exc, f"applying {where}", batch.events) from exc
             if batch.commit is None:
                 return None
-            write_checkpoint(
-                conn,
-                pipeline,
-                batch.commit.position,
-                commit_ts=batch.commit.commit_ts,
-                transactions=self._open_transactions,
-                stats=self._open_stats,
-            )
             conn.commit()
         except psycopg.Error as exc:
             self._abort()

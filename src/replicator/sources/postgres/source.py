@@ -30,7 +30,7 @@ from replicator.errors import (
     SourceConnectionError,
     SourceError,
 )
-from replicator.events import Heartbeat, Position, StreamItem, TableSchema
+from replicator.events import ChangeEvent, Heartbeat, Position, StreamItem, TableSchema
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.pgsession import IDENTITY_QUERY, connection_string
@@ -40,8 +40,10 @@ from replicator.sources.postgres.position import PgPosition
 from replicator.sources.postgres.replication import ReplicationConnection
 from replicator.sources.postgres.values import PgType
 
-QUEUE_ITEMS = 20_000
+QUEUE_BATCHES = 64  # lists of up to _HANDOFF_ITEMS items each
 QUEUE_BYTES = 64 * 1024 * 1024
+_HANDOFF_ITEMS = 512
+_HANDOFF_BYTES = 1024 * 1024
 _READ_TIMEOUT = 0.2
 _ACK_SPACING = 0.1  # at most ten status updates a second for acknowledgements
 _HEARTBEAT_SPACING = 1.0
@@ -65,7 +67,9 @@ class PostgresSource(Source):
         self._log = get_logger(pipeline=pipeline.name, source="postgres")
         self._catalog: psycopg.Connection[Any] | None = None
         self._repl: ReplicationConnection | None = None
-        self._queue: BoundedQueue[StreamItem | _Failure] = BoundedQueue(QUEUE_ITEMS, QUEUE_BYTES)
+        self._queue: BoundedQueue[list[StreamItem] | list[_Failure]] = BoundedQueue(
+            QUEUE_BATCHES, QUEUE_BYTES
+        )
         self._reader: threading.Thread | None = None
         self._stopping = threading.Event()
         self._acked = 0  # highest LSN durable in the target; written by the engine thread
@@ -180,15 +184,16 @@ class PostgresSource(Source):
         self._reader.start()
         queue = self._queue
         while True:
-            item = queue.get_nowait()
-            if item is None:
+            items = queue.get_nowait()
+            if items is None:
                 yield Heartbeat()
-                item = queue.get(timeout=1.0)
-                if item is None:
+                items = queue.get(timeout=1.0)
+                if items is None:
                     continue
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
+            for item in items:
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
 
     def acknowledge(self, position: Position) -> None:
         """Record that everything up to ``position`` is durable; the reader reports it."""
@@ -310,18 +315,34 @@ class PostgresSource(Source):
         return catalog.build_table_schema(self._catalog_conn(), relation)
 
     def _read_loop(self) -> None:
-        """Reader thread: socket → decoder → queue, plus status updates to the server."""
+        """Reader thread: socket → decoder → queue, plus status updates to the server.
+
+        Items are handed over in lists (up to ``_HANDOFF_ITEMS``), and whenever the socket has
+        nothing more to read right now, so the queue's locking costs little per row while a
+        quiet stream still reaches the engine at once.
+        """
         repl = self._repl
         assert repl is not None
         decoder = ChangeDecoder(self._describe, self._lookup_type, self._encoding)
         status_interval = self._status_every
         last_commit_end = self._acked
         last_heartbeat = 0.0
+        buffer: list[StreamItem] = []
+        buffered = 0
+
+        def hand_over() -> None:
+            nonlocal buffer, buffered
+            if buffer:
+                self._put(buffer, buffered, status_interval)
+                buffer = []
+                buffered = 0
+
         try:
             while not self._stopping.is_set():
                 self._send_status(repl, status_interval)
-                message = repl.read(_READ_TIMEOUT)
+                message = repl.read(0 if buffer else _READ_TIMEOUT)
                 if message is None:
+                    hand_over()
                     continue
                 if isinstance(message, pgoutput.Keepalive):
                     self._received = max(self._received, message.wal_end)
@@ -335,37 +356,49 @@ class PostgresSource(Source):
                     ):
                         # Everything that committed before wal_end was sent before this
                         # keepalive and is already queued, so it is a safe resume point.
-                        self._put(Heartbeat(PgPosition(message.wal_end)), 0, status_interval)
+                        buffer.append(Heartbeat(PgPosition(message.wal_end)))
+                        hand_over()
                         last_heartbeat = now
                     continue
                 self._received = max(self._received, message.wal_end)
                 decoded = pgoutput.decode_message(message.payload)
                 for item in decoder.feed(decoded):
-                    size = getattr(item, "size", 0)
-                    self._put(item, size, status_interval)
+                    buffer.append(item)
+                    if isinstance(item, ChangeEvent):
+                        buffered += item.size
                 if isinstance(decoded, pgoutput.Commit):
                     last_commit_end = decoded.end_lsn
+                if len(buffer) >= _HANDOFF_ITEMS or buffered >= _HANDOFF_BYTES:
+                    hand_over()
         except _Stopped:
-            pass
+            return
         except ReplicatorError as exc:
-            self._queue.put(_Failure(exc))
+            failure = _Failure(exc)
         except pgoutput.ProtocolError as exc:
-            self._queue.put(_Failure(SourceError(f"unexpected replication data: {exc}")))
+            failure = _Failure(SourceError(f"unexpected replication data: {exc}"))
         except psycopg.Error as exc:
-            self._queue.put(
-                _Failure(SourceConnectionError(f"source catalog query failed: {redact(str(exc))}"))
+            failure = _Failure(
+                SourceConnectionError(f"source catalog query failed: {redact(str(exc))}")
             )
         except BaseException as exc:  # noqa: BLE001 - must reach the engine thread
-            self._queue.put(_Failure(exc))
+            failure = _Failure(exc)
+        else:
+            return
+        # Complete transactions read before the failure are still worth applying.
+        try:
+            hand_over()
+            self._put([failure], 0, status_interval)
+        except (_Stopped, ReplicatorError):
+            pass
 
-    def _put(self, item: StreamItem, size: int, status_interval: float) -> None:
+    def _put(self, items: list[StreamItem] | list[_Failure], size: int, interval: float) -> None:
         repl = self._repl
         assert repl is not None
         # Backpressure: stop reading, but keep talking so the server does not time us out.
-        while not self._queue.put(item, size, timeout=_READ_TIMEOUT):
+        while not self._queue.put(items, size, timeout=_READ_TIMEOUT):
             if self._stopping.is_set():
                 raise _Stopped
-            self._send_status(repl, status_interval)
+            self._send_status(repl, interval)
 
     def _send_status(
         self, repl: ReplicationConnection, interval: float, force: bool = False
