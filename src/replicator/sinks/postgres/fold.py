@@ -15,8 +15,9 @@ within the batch are first reduced to the key's final state. Three things make t
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from replicator.contracts import ApplyStats
@@ -37,11 +38,32 @@ def _hashable(value: Any) -> Any:
 
 def key_of(row: Row, key: tuple[str, ...]) -> Key:
     """The key tuple of ``row`` (hashable even for array or NaN key values)."""
-    values = tuple([row[k] for k in key])
-    for value in values:
-        if type(value) is list or type(value) is float:
-            return tuple([_hashable(v) for v in values])
-    return values
+    return _key_getter(key)(row)
+
+
+def _key_getter(key: tuple[str, ...]) -> Callable[[Row], Key]:
+    """A fast ``row → key tuple`` function for one key (called once per row)."""
+    if len(key) == 1:
+        (name,) = key
+
+        def single(row: Row) -> Key:
+            value = row[name]
+            kind = type(value)
+            if kind is list or kind is float:
+                return (_hashable(value),)
+            return (value,)
+
+        return single
+    get = itemgetter(*key)
+
+    def composite(row: Row) -> Key:
+        values: Key = get(row)
+        for value in values:
+            if type(value) is list or type(value) is float:
+                return tuple([_hashable(v) for v in values])
+        return values
+
+    return composite
 
 
 @dataclass(slots=True)
@@ -86,6 +108,7 @@ def fold_changes(events: Iterable[ChangeEvent], key: tuple[str, ...]) -> FoldedT
     """Reduce changes to one table (in commit order) to upserts and deletes by key."""
     result = FoldedTable()
     stats = result.stats
+    key_of = _key_getter(key)
     state: dict[Key, _Entry] = {}
     vacated: set[Key] = set()
     for event in events:
@@ -97,18 +120,18 @@ def fold_changes(events: Iterable[ChangeEvent], key: tuple[str, ...]) -> FoldedT
             stats.truncated += 1
         elif op is Op.INSERT or op is Op.READ:
             assert event.after is not None
-            state[key_of(event.after, key)] = _Entry(dict(event.after), None)
+            state[key_of(event.after)] = _Entry(event.after, None)
             stats.inserted += 1
         elif op is Op.UPDATE:
             assert event.after is not None
-            new_key = key_of(event.after, key)
-            old_key = key_of(event.before, key) if event.before else new_key
+            new_key = key_of(event.after)
+            old_key = key_of(event.before) if event.before else new_key
             previous = state.pop(old_key, None)
             if previous is None:
                 # First change to this row in the batch: it lives at old_key in the target.
-                entry = _Entry(dict(event.after), old_key)
+                entry = _Entry(event.after, old_key)
             elif previous.values is None:
-                entry = _Entry(dict(event.after), None)
+                entry = _Entry(event.after, None)
             else:
                 entry = _Entry(_merge(previous.values, event.after), previous.origin)
             if old_key != new_key:
@@ -118,7 +141,7 @@ def fold_changes(events: Iterable[ChangeEvent], key: tuple[str, ...]) -> FoldedT
         elif op is Op.DELETE:
             row = event.key if event.key is not None else event.before
             assert row is not None
-            state[key_of(row, key)] = _Entry(None, None)
+            state[key_of(row)] = _Entry(None, None)
             stats.deleted += 1
     for k, entry in state.items():
         if entry.values is None:

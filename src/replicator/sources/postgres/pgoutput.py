@@ -57,9 +57,11 @@ def now_pg_micros(unix_seconds: float) -> int:
 
 
 # --- streaming replication framing (CopyData payloads) ---------------------------------------
+# The per-row message classes are plain (not frozen) slotted dataclasses: constructing a frozen
+# one costs several times more, and millions are made per minute.
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class XLogData:
     """A chunk of the logical stream: one pgoutput message and its WAL position."""
 
@@ -69,7 +71,7 @@ class XLogData:
     payload: memoryview
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Keepalive:
     """The server's keepalive: its current WAL end and whether it wants a reply now."""
 
@@ -105,7 +107,7 @@ def encode_standby_status(
 # --- pgoutput messages -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Begin:
     """Start of a transaction; ``final_lsn`` is the LSN of its commit record."""
 
@@ -114,7 +116,7 @@ class Begin:
     xid: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Commit:
     """End of a transaction; streaming resumes at ``end_lsn``."""
 
@@ -166,7 +168,7 @@ class TypeInfo:
 TupleColumn = tuple[str, bytes | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Insert:
     """A new row."""
 
@@ -174,7 +176,7 @@ class Insert:
     new: tuple[TupleColumn, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Update:
     """A changed row; ``old`` is sent only for a key change ('K') or REPLICA IDENTITY FULL."""
 
@@ -184,7 +186,7 @@ class Update:
     new: tuple[TupleColumn, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Delete:
     """A removed row, identified by its key ('K') or whole old row ('O')."""
 
