@@ -340,3 +340,20 @@ def test_types_in_other_schemas_resolve_whatever_the_search_path(start, source_d
             " WHERE attrelid = 'public.orders'::regclass AND attnum > 1 ORDER BY attnum"
         ).fetchall()
     assert types == [("sales.status",), ("sales.cents",)]
+
+
+def test_updates_of_rows_older_than_the_pipeline_still_land(start, source_dsn, target_dsn):
+    """An update of a row the target never had inserts its new version, keyed or not."""
+    execute(
+        source_dsn,
+        "CREATE TABLE keyed (id int PRIMARY KEY, n int, doc jsonb)",
+        "CREATE TABLE keyless (n int, doc json, at timestamptz)",
+        "ALTER TABLE keyless REPLICA IDENTITY FULL",
+        """INSERT INTO keyed VALUES (1, 1, '{"a": 1}')""",
+        """INSERT INTO keyless VALUES (1, '{"a": 1}', 'infinity')""",
+    )
+    start()
+    execute(source_dsn, "UPDATE keyed SET n = 2", "UPDATE keyless SET n = 2")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert table_rows(target_dsn, "keyed") == ['(1,2,"{""a"": 1}")']
+    assert table_rows(target_dsn, "keyless") == ['(2,"{""a"": 1}",infinity)']

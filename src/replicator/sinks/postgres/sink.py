@@ -212,25 +212,28 @@ class _KeylessTable:
         self.schema = schema
         self.columns = schema.column_names
         self.target = _table(schema.table)
-        self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            self.target, sql.SQL(", ").join(_ident(c) for c in self.columns)
-        )
+        columns = sql.SQL(", ").join(_ident(c) for c in self.columns)
+        self.copy_sql = sql.SQL("COPY {} ({}) FROM STDIN").format(self.target, columns)
         matches = []
-        for column in self.columns:
+        for i, column in enumerate(self.columns):
             base = target.columns[column].storage_type.removesuffix("[]").split("(")[0]
-            if base in _TEXT_COMPARED:
-                matches.append(sql.SQL("{}::text IS NOT DISTINCT FROM %s").format(_ident(column)))
-            else:
-                matches.append(sql.SQL("{} IS NOT DISTINCT FROM %s").format(_ident(column)))
+            cast = sql.SQL("::text") if base in _TEXT_COMPARED else sql.SQL("")
+            matches.append(
+                sql.SQL("{}{} IS NOT DISTINCT FROM {}").format(
+                    _ident(column), cast, sql.Placeholder(f"o{i}")
+                )
+            )
         # ctid pins exactly one of possibly several identical rows (invariant 2).
         one_row = sql.SQL("ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)").format(
             self.target, sql.SQL(" AND ").join(matches)
         )
-        self.update_sql = sql.SQL("UPDATE {} SET {} WHERE {}").format(
-            self.target,
-            sql.SQL(", ").join(sql.SQL("{} = %s").format(_ident(c)) for c in self.columns),
-            one_row,
-        )
+        new_values = sql.SQL(", ").join(sql.Placeholder(f"n{i}") for i in range(len(self.columns)))
+        # Like an upsert on a keyed table: when the old row is missing from the target (it
+        # predates the pipeline), the new version is inserted rather than silently dropped.
+        self.update_sql = sql.SQL(
+            "WITH changed AS (UPDATE {} SET ({}) = ROW({}) WHERE {} RETURNING 1)"
+            " INSERT INTO {} ({}) SELECT {} WHERE NOT EXISTS (SELECT 1 FROM changed)"
+        ).format(self.target, columns, new_values, one_row, self.target, columns, new_values)
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE {}").format(self.target, one_row)
 
     def apply(
@@ -240,7 +243,7 @@ class _KeylessTable:
         stats = ApplyStats()
         inserts: list[str] = []
         pending_op: Op | None = None
-        params: list[list[str | None]] = []
+        params: list[dict[str, str | None]] = []
 
         def flush() -> None:
             if inserts:
@@ -278,14 +281,15 @@ class _KeylessTable:
             if inserts or (params and pending_op is not op):
                 flush()
             pending_op = op
-            match = [self._text(event.before[c]) for c in self.columns]
+            values = {f"o{i}": self._text(event.before[c]) for i, c in enumerate(self.columns)}
             if op is Op.UPDATE:
                 assert event.after is not None
-                params.append([self._text(event.after[c]) for c in self.columns] + match)
+                after = event.after
+                values.update({f"n{i}": self._text(after[c]) for i, c in enumerate(self.columns)})
                 stats.updated += 1
             else:
-                params.append(match)
                 stats.deleted += 1
+            params.append(values)
         flush()
         return stats
 

@@ -366,16 +366,23 @@ def ensure_publication(
     return [t for t in tables if t.oid not in existing]
 
 
-def tables_with_rows(conn: psycopg.Connection[Any], tables: list[SourceTable]) -> list[TableId]:
-    """Which of ``tables`` hold at least one row."""
+def tables_with_rows(
+    conn: psycopg.Connection[Any], tables: list[SourceTable]
+) -> tuple[list[TableId], list[TableId]]:
+    """Which of ``tables`` hold at least one row, and which this role may not read."""
     found = []
+    unreadable = []
     for t in tables:
-        row = conn.execute(
-            sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.SQL(t.table.quoted))
-        ).fetchone()
+        try:
+            row = conn.execute(
+                sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.SQL(t.table.quoted))
+            ).fetchone()
+        except psycopg.errors.InsufficientPrivilege:
+            unreadable.append(t.table)
+            continue
         if row and row[0]:
             found.append(t.table)
-    return found
+    return found, unreadable
 
 
 def setting(conn: psycopg.Connection[Any], name: str) -> str:

@@ -128,7 +128,12 @@ class PostgresSource(Source):
     ) -> PgPosition:
         """Sync the publication, find or create the slot, and settle where to start."""
         conn = self._catalog_conn()
-        self._encoding = preflight.ENCODINGS.get(catalog.setting(conn, "server_encoding"), "")
+        server_encoding = catalog.setting(conn, "server_encoding")
+        if server_encoding not in preflight.ENCODINGS:
+            raise PreflightError(
+                [f"the source database's encoding {server_encoding} is not supported"]
+            )
+        self._encoding = preflight.ENCODINGS[server_encoding]
         tables = catalog.match_tables(conn, self._config.tables)
         if not tables:
             raise PreflightError([f"no table in the source matches {self._config.tables}"])
@@ -233,7 +238,11 @@ class PostgresSource(Source):
         info = catalog.slot_info(conn, self._slot)
         current = catalog.current_wal_lsn(conn)
         if info is None:
-            return {"slot": self._slot, "slot_exists": False, "source_wal_lsn": current}
+            return {
+                "slot": self._slot,
+                "slot_exists": False,
+                "source_wal_lsn": pgoutput.format_lsn(current),
+            }
         confirmed = info.confirmed_flush_lsn or 0
         return {
             "slot": self._slot,
@@ -288,7 +297,13 @@ class PostgresSource(Source):
     def _report_uncopied(
         self, conn: psycopg.Connection[Any], tables: list[catalog.SourceTable], new_pipeline: bool
     ) -> None:
-        holding = catalog.tables_with_rows(conn, tables)
+        holding, unreadable = catalog.tables_with_rows(conn, tables)
+        if unreadable:
+            self._log.warning(
+                "cannot tell whether these tables already hold rows (no SELECT privilege); "
+                "rows that existed before the pipeline started are not copied",
+                tables=", ".join(str(t) for t in unreadable),
+            )
         if not holding:
             return
         names = ", ".join(str(t) for t in holding)
