@@ -200,6 +200,14 @@ def replicator_cmd(*args: str) -> list[str]:
     return [str(Path(sys.executable).with_name("replicator")), *args]
 
 
+def spawn_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
+    """Start ``replicator run -c config`` in the background, appending its output to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            replicator_cmd("run", "-c", str(config)), stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def run_cli(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

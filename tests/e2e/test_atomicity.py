@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import random
 import signal
-import subprocess
 import threading
 import time
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -16,8 +14,8 @@ from tests.support import (
     assert_same_rows,
     checkpoint_lsn,
     pipeline_dict,
-    replicator_cmd,
     slot_lsn,
+    spawn_run,
     wait_caught_up,
     wait_for,
     write_config,
@@ -25,13 +23,6 @@ from tests.support import (
 
 ACCOUNTS = 200
 TOTAL = ACCOUNTS * 1000
-
-
-def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            replicator_cmd("run", "-c", str(config)), stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 class Sampler(threading.Thread):
@@ -86,7 +77,7 @@ def test_no_half_transaction_is_ever_visible(source_dsn, target_dsn, tmp_path):
         pipeline_dict("atomic", source_dsn, target_dsn, batch={"max_events": 300}),
     )
     log = tmp_path / "run.log"
-    engine = spawn(config, log)
+    engine = spawn_run(config, log)
     wait_for(lambda: checkpoint_lsn(target_dsn, "atomic") > 0, 30, "the slot")
     with psycopg.connect(source_dsn, autocommit=True) as conn:
         conn.execute(f"INSERT INTO accounts SELECT g, 1000 FROM generate_series(1, {ACCOUNTS}) g")
@@ -128,7 +119,7 @@ def test_no_half_transaction_is_ever_visible(source_dsn, target_dsn, tmp_path):
                         target_dsn, "atomic"
                     )
                     kills += 1
-                    engine = spawn(config, log)
+                    engine = spawn_run(config, log)
                     next_kill = time.monotonic() + rnd.uniform(1, 3)
         wait_caught_up(source_dsn, target_dsn, "atomic", timeout=120)
     finally:

@@ -13,9 +13,9 @@ from tests.support import (
     checkpoint_lsn,
     execute,
     pipeline_dict,
-    replicator_cmd,
     run_cli,
     slot_lsn,
+    spawn_run,
     wait_caught_up,
     wait_for,
     write_config,
@@ -106,8 +106,7 @@ def test_run_sigterm_status_and_drop(source_dsn, target_dsn, tmp_path: Path):
     )
     config = write_config(tmp_path / "c.yaml", pipeline_dict("life", source_dsn, target_dsn))
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        engine = subprocess.Popen(replicator_cmd("run", "-c", str(config)), stderr=out)
+    engine = spawn_run(config, log)
     try:
         wait_for(lambda: checkpoint_lsn(target_dsn, "life") > 0, 30, "the slot")
         execute(source_dsn, "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g")

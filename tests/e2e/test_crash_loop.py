@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -15,8 +13,8 @@ from tests.support import (
     assert_same_rows,
     checkpoint_lsn,
     pipeline_dict,
-    replicator_cmd,
     slot_lsn,
+    spawn_run,
     wait_caught_up,
     wait_for,
     write_config,
@@ -24,14 +22,6 @@ from tests.support import (
 from tests.workload import TABLES, Workload
 
 SLOT = "replicator_crashy"
-
-
-def spawn(config: Path, log: Path) -> subprocess.Popen[bytes]:
-    """Start ``replicator run`` with its output going to ``log``."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            replicator_cmd("run", "-c", str(config)), stdout=out, stderr=subprocess.STDOUT
-        )
 
 
 @pytest.mark.slow
@@ -53,7 +43,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_d
     )
     log = tmp_path / "replicator.log"
     workload = Workload(source_dsn, seed)
-    engine = spawn(config, log)
+    engine = spawn_run(config, log)
     wait_for(lambda: checkpoint_lsn(target_dsn, "crashy") > 0, 60, "the slot")
     workload.start()
     try:
@@ -63,7 +53,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_d
             engine.wait(10)
             # Right after the crash, the slot must not be ahead of what the target holds.
             assert slot_lsn(source_dsn, SLOT) <= checkpoint_lsn(target_dsn, "crashy")
-            engine = spawn(config, log)
+            engine = spawn_run(config, log)
         time.sleep(2)
     finally:
         workload.stop()

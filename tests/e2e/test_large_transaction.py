@@ -4,7 +4,6 @@ wal_sender_timeout: bounded memory, a connection that survives, and an exact res
 from __future__ import annotations
 
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -16,8 +15,8 @@ from tests.support import (
     assert_same_rows,
     checkpoint_lsn,
     pipeline_dict,
-    replicator_cmd,
     slot_lsn,
+    spawn_run,
     wait_caught_up,
     wait_for,
     write_config,
@@ -43,8 +42,7 @@ def test_two_million_row_update_with_a_stalled_target(pg_cluster_factory, target
     source.execute("CREATE TABLE big (id int PRIMARY KEY, v int, pad text)", dbname="big")
     config = write_config(tmp_path / "c.yaml", pipeline_dict("big", source_dsn, target_dsn))
     log = tmp_path / "run.log"
-    with log.open("wb") as out:
-        engine = subprocess.Popen(replicator_cmd("run", "-c", str(config)), stderr=out)
+    engine = spawn_run(config, log)
     try:
         wait_for(lambda: checkpoint_lsn(target_dsn, "big") > 0, 30, "the slot")
         with psycopg.connect(source_dsn, autocommit=True) as conn:
