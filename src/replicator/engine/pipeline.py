@@ -225,7 +225,8 @@ class Pipeline:
         reference = self._last_commit.position if self._last_commit else self._durable
         if reference is not None and position.order_key() <= reference.order_key():
             return
-        self._last_commit = TxCommit(position)
+        last = self._last_commit
+        self._last_commit = TxCommit(position, last.commit_ts if last else None)
         self._boundary = len(self._pending)
         self._last_idle_checkpoint = now
         self._flush()

@@ -548,6 +548,9 @@ class PostgresSink(Sink):
             except psycopg.Error:
                 self._conn.close()
         self._end_transaction()
+        # Staging tables (and target tables) created in the rolled-back transaction are gone:
+        # appliers are rebuilt, with their tables re-checked, on next use.
+        self._appliers.clear()
 
 
 def _group_by_table(events: Sequence[ChangeEvent]) -> list[tuple[TableId, list[ChangeEvent]]]:
