@@ -1,28 +1,20 @@
-"""The PostgreSQL source: a pgoutput logical replication stream read by a reader thread.
+"""The PostgreSQL source: publication and slot management around a pgoutput stream.
 
-The reader thread owns the replication connection. It decodes messages into events and puts
-them on a queue bounded by count and bytes; when the queue is full it stops *reading* but keeps
-sending status updates, so a slow target never lets ``wal_sender_timeout`` drop the
-connection. It reports as flushed only what the engine acknowledged (durable in the target
-together with its checkpoint): invariant 1. While caught up it passes the server's keepalive
-position to the engine as a :class:`Heartbeat`, which the engine checkpoints before
-acknowledging, so an idle slot keeps up with the WAL without ever running ahead of the
-checkpoint: invariant 6.
+The stream itself is read by a :class:`~.reader.StreamReader` thread; this module decides
+where it starts (creating the slot, or refusing when slot and checkpoint disagree) and
+forwards the engine's acknowledgements to it.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
 from replicator.config import PipelineConfig
 from replicator.contracts import Problem, Severity, Source
-from replicator.engine.queue import BoundedQueue
 from replicator.errors import (
     CheckpointMismatchError,
     PreflightError,
@@ -30,29 +22,18 @@ from replicator.errors import (
     SourceConnectionError,
     SourceError,
 )
-from replicator.events import ChangeEvent, Heartbeat, Position, StreamItem, TableSchema
+from replicator.events import Position, StreamItem, TableSchema
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.pgsession import IDENTITY_QUERY, connection_string
 from replicator.sources.postgres import catalog, pgoutput, preflight
 from replicator.sources.postgres.decoding import ChangeDecoder
 from replicator.sources.postgres.position import PgPosition
+from replicator.sources.postgres.reader import StreamReader
 from replicator.sources.postgres.replication import ReplicationConnection
 from replicator.sources.postgres.values import PgType
 
-QUEUE_BATCHES = 64  # lists of up to _HANDOFF_ITEMS items each
-QUEUE_BYTES = 64 * 1024 * 1024
-_HANDOFF_ITEMS = 512
-_HANDOFF_BYTES = 1024 * 1024
-_READ_TIMEOUT = 0.2
-_ACK_SPACING = 0.1  # at most ten status updates a second for acknowledgements
-_HEARTBEAT_SPACING = 1.0
 _SLOT_BUSY_WAIT = 15.0  # a killed engine's walsender needs a moment to notice and exit
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    error: BaseException
 
 
 class PostgresSource(Source):
@@ -67,16 +48,7 @@ class PostgresSource(Source):
         self._log = get_logger(pipeline=pipeline.name, source="postgres")
         self._catalog: psycopg.Connection[Any] | None = None
         self._repl: ReplicationConnection | None = None
-        self._queue: BoundedQueue[list[StreamItem] | list[_Failure]] = BoundedQueue(
-            QUEUE_BATCHES, QUEUE_BYTES
-        )
-        self._reader: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._acked = 0  # highest LSN durable in the target; written by the engine thread
-        self._sent_flush = 0
-        self._received = 0
-        self._last_status = 0.0
-        self._status_every = pipeline.source.status_interval_s
+        self._reader: StreamReader | None = None
         self._encoding = "utf-8"
         self._types: dict[int, PgType] = {}
 
@@ -178,47 +150,28 @@ class PostgresSource(Source):
         position = _as_pg(start)
         assert position is not None and self._repl is not None
         # Asked before streaming: a replication connection takes no commands during COPY BOTH.
-        self._status_every = self._status_interval(self._repl)
+        interval = self._status_interval(self._repl)
         self._repl.start(self._slot, position.lsn, self._publication)
-        self._acked = self._sent_flush = self._received = position.lsn
         self._log.info("streaming", slot=self._slot, start=str(position))
-        self._stopping.clear()
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"pg-reader-{self._pipeline.name}", daemon=True
+        decoder = ChangeDecoder(self._describe, self._lookup_type, self._encoding)
+        self._reader = StreamReader(
+            self._repl, decoder, position.lsn, interval, f"pg-reader-{self._pipeline.name}"
         )
         self._reader.start()
-        queue = self._queue
-        while True:
-            items = queue.get_nowait()
-            if items is None:
-                yield Heartbeat()
-                items = queue.get(timeout=1.0)
-                if items is None:
-                    continue
-            for item in items:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+        return self._reader.items()
 
     def acknowledge(self, position: Position) -> None:
         """Record that everything up to ``position`` is durable; the reader reports it."""
         lsn = _as_pg(position)
-        if lsn is not None and lsn.lsn > self._acked:
-            self._acked = lsn.lsn
+        if lsn is not None and self._reader is not None:
+            self._reader.acknowledge(lsn.lsn)
 
     def close(self) -> None:
         """Stop the reader (it sends a last status update) and close connections."""
-        self._stopping.set()
-        reader = self._reader
-        if reader is not None and reader.is_alive():
-            reader.join(timeout=10)
-        self._reader = None
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         if self._repl is not None:
-            try:
-                if self._acked > self._sent_flush:
-                    self._repl.send_status(self._received, self._acked)
-            except ReplicatorError:
-                pass  # the server keeps the slot at the last confirmed position: safe
             self._repl.close()
             self._repl = None
         if self._catalog is not None:
@@ -329,105 +282,6 @@ class PostgresSource(Source):
     def _describe(self, relation: pgoutput.Relation) -> TableSchema:
         return catalog.build_table_schema(self._catalog_conn(), relation)
 
-    def _read_loop(self) -> None:
-        """Reader thread: socket → decoder → queue, plus status updates to the server.
-
-        Items are handed over in lists (up to ``_HANDOFF_ITEMS``), and whenever the socket has
-        nothing more to read right now, so the queue's locking costs little per row while a
-        quiet stream still reaches the engine at once.
-        """
-        repl = self._repl
-        assert repl is not None
-        decoder = ChangeDecoder(self._describe, self._lookup_type, self._encoding)
-        status_interval = self._status_every
-        last_commit_end = self._acked
-        last_heartbeat = 0.0
-        buffer: list[StreamItem] = []
-        buffered = 0
-
-        def hand_over() -> None:
-            nonlocal buffer, buffered
-            if buffer:
-                self._put(buffer, buffered, status_interval)
-                buffer = []
-                buffered = 0
-
-        try:
-            while not self._stopping.is_set():
-                self._send_status(repl, status_interval)
-                message = repl.read(0 if buffer else _READ_TIMEOUT)
-                if message is None:
-                    hand_over()
-                    continue
-                if isinstance(message, pgoutput.Keepalive):
-                    self._received = max(self._received, message.wal_end)
-                    if message.reply_requested:
-                        self._send_status(repl, status_interval, force=True)
-                    now = time.monotonic()
-                    if (
-                        not decoder.in_transaction
-                        and message.wal_end > last_commit_end
-                        and now - last_heartbeat >= _HEARTBEAT_SPACING
-                    ):
-                        # Everything that committed before wal_end was sent before this
-                        # keepalive and is already queued, so it is a safe resume point.
-                        buffer.append(Heartbeat(PgPosition(message.wal_end)))
-                        hand_over()
-                        last_heartbeat = now
-                    continue
-                self._received = max(self._received, message.wal_end)
-                decoded = pgoutput.decode_message(message.payload)
-                for item in decoder.feed(decoded):
-                    buffer.append(item)
-                    if isinstance(item, ChangeEvent):
-                        buffered += item.size
-                if isinstance(decoded, pgoutput.Commit):
-                    last_commit_end = decoded.end_lsn
-                if len(buffer) >= _HANDOFF_ITEMS or buffered >= _HANDOFF_BYTES:
-                    hand_over()
-        except _Stopped:
-            return
-        except ReplicatorError as exc:
-            failure = _Failure(exc)
-        except pgoutput.ProtocolError as exc:
-            failure = _Failure(SourceError(f"unexpected replication data: {exc}"))
-        except psycopg.Error as exc:
-            failure = _Failure(
-                SourceConnectionError(f"source catalog query failed: {redact(str(exc))}")
-            )
-        except BaseException as exc:  # noqa: BLE001 - must reach the engine thread
-            failure = _Failure(exc)
-        else:
-            return
-        # Complete transactions read before the failure are still worth applying.
-        try:
-            hand_over()
-            self._put([failure], 0, status_interval)
-        except (_Stopped, ReplicatorError):
-            pass
-
-    def _put(self, items: list[StreamItem] | list[_Failure], size: int, interval: float) -> None:
-        repl = self._repl
-        assert repl is not None
-        # Backpressure: stop reading, but keep talking so the server does not time us out.
-        while not self._queue.put(items, size, timeout=_READ_TIMEOUT):
-            if self._stopping.is_set():
-                raise _Stopped
-            self._send_status(repl, interval)
-
-    def _send_status(
-        self, repl: ReplicationConnection, interval: float, force: bool = False
-    ) -> None:
-        now = time.monotonic()
-        acked = self._acked
-        due = now - self._last_status >= interval
-        advanced = acked > self._sent_flush and now - self._last_status >= _ACK_SPACING
-        if force or due or advanced:
-            # flush_lsn is only ever a position durable in the target with its checkpoint.
-            repl.send_status(max(self._received, acked), acked)
-            self._sent_flush = acked
-            self._last_status = now
-
     def _status_interval(self, repl: ReplicationConnection) -> float:
         """Send status well within wal_sender_timeout, and at most every status_interval_s."""
         interval = self._config.status_interval_s
@@ -438,10 +292,6 @@ class PostgresSource(Source):
         if timeout_ms > 0:
             interval = min(interval, timeout_ms / 1000 / 4)
         return max(0.2, interval)
-
-
-class _Stopped(Exception):
-    """The engine asked the reader to stop while it waited for queue space."""
 
 
 def _as_pg(position: Position | None) -> PgPosition | None:
