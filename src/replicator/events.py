@@ -103,6 +103,27 @@ class Interval:
 
 
 _IDENT_SAFE = re.compile(r"^[a-z_][a-z0-9_$]*$")
+# Keywords PostgreSQL's quote_ident quotes (pg_get_keywords() with catcode <> 'U', PG 15, plus
+# those PG 16-17 added): quoting one more than needed is harmless, one fewer is a syntax error.
+_KEYWORDS = frozenset(
+    """
+    all analyse analyze and any array as asc asymmetric authorization between bigint binary bit
+    boolean both case cast char character check coalesce collate collation column concurrently
+    constraint create cross current_catalog current_date current_role current_schema
+    current_time current_timestamp current_user dec decimal default deferrable desc distinct do
+    else end except exists extract false fetch float for foreign freeze from full grant greatest
+    group grouping having ilike in initially inner inout int integer intersect interval into is
+    isnull join json json_array json_arrayagg json_exists json_object json_objectagg json_query
+    json_scalar json_serialize json_table json_value lateral leading least left like limit
+    localtime localtimestamp merge_action national natural nchar none normalize not notnull null
+    nullif numeric offset on only or order out outer overlaps overlay placing position precision
+    primary real references returning right row select session_user setof similar smallint some
+    substring symmetric system_user table tablesample then time timestamp to trailing treat trim
+    true union unique user using values varchar variadic verbose when where window with
+    xmlattributes xmlconcat xmlelement xmlexists xmlforest xmlnamespaces xmlparse xmlpi xmlroot
+    xmlserialize xmltable
+    """.split()
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -123,7 +144,7 @@ class TableId:
 
 def quote_ident(name: str) -> str:
     """Quote an SQL identifier the way PostgreSQL's ``quote_ident`` does."""
-    if _IDENT_SAFE.match(name):
+    if _IDENT_SAFE.match(name) and name not in _KEYWORDS:
         return name
     return '"' + name.replace('"', '""') + '"'
 

@@ -357,3 +357,26 @@ def test_updates_of_rows_older_than_the_pipeline_still_land(start, source_dsn, t
     wait_caught_up(source_dsn, target_dsn, "it")
     assert table_rows(target_dsn, "keyed") == ['(1,2,"{""a"": 1}")']
     assert table_rows(target_dsn, "keyless") == ['(2,"{""a"": 1}",infinity)']
+
+
+def test_keyword_and_mixed_case_names_are_quoted_everywhere(start, source_dsn, target_dsn):
+    """Tables and columns named like SQL keywords, or in mixed case, replicate untouched."""
+    execute(
+        source_dsn,
+        'CREATE SCHEMA "Select"',
+        'CREATE TABLE "Select"."order" ("user" int PRIMARY KEY, "from" text, "Group" int)',
+        'CREATE TABLE public."table" ("where" int, "NaMe" text)',
+        'ALTER TABLE public."table" REPLICA IDENTITY FULL',
+    )
+    start(tables=["Select.*", "public.*"])
+    execute(
+        source_dsn,
+        """INSERT INTO "Select"."order" VALUES (1, 'a', 1), (2, 'b', 2)""",
+        """UPDATE "Select"."order" SET "user" = 3, "Group" = 9 WHERE "user" = 1""",
+        """DELETE FROM "Select"."order" WHERE "user" = 2""",
+        """INSERT INTO public."table" VALUES (1, 'x'), (1, 'x')""",
+        """UPDATE public."table" SET "NaMe" = 'y'"""
+        """ WHERE ctid = (SELECT min(ctid) FROM public."table")""",
+    )
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert_same_rows(source_dsn, target_dsn, '"Select"."order"', 'public."table"')

@@ -113,3 +113,15 @@ def test_values_from_the_environment_cannot_inject_yaml(tmp_path: Path):
     """Interpolation happens after parsing, so a value with YAML syntax stays a string."""
     config = load_config(write(tmp_path, GOOD), {"SOURCE_PASSWORD": "x]:{evil"})
     assert config.pipelines[0].source.dsn.secret() == "postgresql://repl:x]:{evil@db:5432/shop"
+
+
+def test_identifiers_are_quoted_like_postgresql_does():
+    """Plain lower-case names stay bare; keywords, capitals and quotes are quoted."""
+    from replicator.events import TableId, quote_ident
+
+    assert quote_ident("orders") == "orders"
+    assert quote_ident("order") == '"order"'
+    assert quote_ident("user") == '"user"'
+    assert quote_ident("Order Lines") == '"Order Lines"'
+    assert quote_ident('a"b') == '"a""b"'
+    assert TableId("public", "select").quoted == 'public."select"'
