@@ -36,6 +36,15 @@ from replicator.pgsession import IDENTITY_QUERY, connection_string
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier
 
+# A COMMIT that returned must be durable before the source is acknowledged. A chunked source
+# transaction keeps its target transaction open (and idle) while the source decodes the rest,
+# and a bulk upsert can legitimately run long: role-level timeouts must not cut either short.
+_SINK_SETTINGS = {
+    "synchronous_commit": "on",
+    "statement_timeout": "0",
+    "idle_in_transaction_session_timeout": "0",
+}
+
 
 class PostgresSink(Sink):
     """Keeps PostgreSQL tables an exact copy of the source's."""
@@ -58,9 +67,7 @@ class PostgresSink(Sink):
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(
-                    connection_string(
-                        self._dsn.secret(), self._app, settings={"synchronous_commit": "on"}
-                    )
+                    connection_string(self._dsn.secret(), self._app, settings=_SINK_SETTINGS)
                 )
             except psycopg.Error as exc:
                 raise SinkConnectionError(
