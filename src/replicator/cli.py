@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -44,6 +45,22 @@ PipelineOption = Annotated[
     list[str] | None,
     typer.Option("--pipeline", "-p", help="Only this pipeline (repeatable).", show_default=False),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"replicator {metadata.version('replicator')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Change data capture that keeps a PostgreSQL target an exact copy of its source."""
 
 
 def _fail(message: str, code: int) -> typer.Exit:
