@@ -117,13 +117,14 @@ class ReplicationConnection:
         message = pgoutput.encode_standby_status(
             write_lsn, flush_lsn, flush_lsn, pgoutput.now_pg_micros(time.time()), reply
         )
+        deadline = time.monotonic() + 30
         try:
-            self._pg.put_copy_data(message)
-            deadline = time.monotonic() + 30
-            while self._pg.flush() == 1:  # socket buffer full: wait until it drains
-                if time.monotonic() > deadline or not self._wait(select.POLLOUT, 1.0):
-                    if time.monotonic() > deadline:
-                        raise SourceConnectionError("the source stopped reading our status")
+            # Non-blocking libpq: 0 means "not queued, buffer full"; flush() 1 means "some
+            # bytes still pending". Either way wait for the socket to drain, within reason.
+            while self._pg.put_copy_data(message) == 0:
+                self._drain(deadline)
+            while self._pg.flush() == 1:
+                self._drain(deadline)
         except OperationalError as exc:
             raise SourceConnectionError(
                 f"lost the replication connection to the source: {redact(str(exc))}"
@@ -132,6 +133,11 @@ class ReplicationConnection:
     def close(self) -> None:
         """Close the connection (the walsender ends its session); idempotent."""
         self._pg.finish()
+
+    def _drain(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise SourceConnectionError("the source stopped reading our status updates")
+        self._wait(select.POLLOUT, 1.0)
 
     def _wait(self, event: int, timeout: float) -> bool:
         poller = select.poll()
