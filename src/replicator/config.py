@@ -25,7 +25,7 @@ from pydantic import (
 from pydantic_core import core_schema
 
 from replicator.errors import ConfigError
-from replicator.observability.redaction import MASK, redact, register_secret
+from replicator.observability.redaction import redact, register_secret
 
 _ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -386,7 +386,6 @@ def _describe(exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
 
 
 __all__ = [
-    "MASK",
     "ApiConfig",
     "BatchConfig",
     "Config",

@@ -42,7 +42,6 @@ class PipelineCounters:
     updated: int = 0
     deleted: int = 0
     truncated: int = 0
-    commits: int = 0
 
 
 class Pipeline:
@@ -248,7 +247,6 @@ class Pipeline:
         self._count(e.op for e in events)
         self._chunked_ops = []
         self.counters.transactions += self._transactions
-        self.counters.commits += 1
         rest = self._pending[cut:]
         self._pending = rest
         self._pending_bytes = sum(e.size for e in rest)

@@ -64,24 +64,3 @@ class BoundedQueue(Generic[T]):
     def get_nowait(self) -> T | None:
         """Pop the oldest item if there is one."""
         return self.get(timeout=0)
-
-    def wait_for_room(self, size: int, timeout: float) -> bool:
-        """Wait until an item of ``size`` bytes would fit; return whether it would."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not self._has_room(size):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
-
-    def __len__(self) -> int:
-        with self._cond:
-            return len(self._items)
-
-    @property
-    def nbytes(self) -> int:
-        """Payload bytes currently queued."""
-        with self._cond:
-            return self._bytes

@@ -36,13 +36,8 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def key_of(row: Row, key: tuple[str, ...]) -> Key:
-    """The key tuple of ``row`` (hashable even for array or NaN key values)."""
-    return _key_getter(key)(row)
-
-
 def _key_getter(key: tuple[str, ...]) -> Callable[[Row], Key]:
-    """A fast ``row → key tuple`` function for one key (called once per row)."""
+    """A fast ``row → key tuple`` function, hashable even for array or NaN key values."""
     if len(key) == 1:
         (name,) = key
 

@@ -29,7 +29,6 @@ class SourceTable:
     kind: str  # 'r' table, 'p' partitioned table
     replica_identity: str  # 'd' default, 'n' nothing, 'f' full, 'i' index
     has_primary_key: bool
-    has_identity_index: bool
     owned: bool  # whether the current role may add it to a publication
 
 
@@ -59,7 +58,6 @@ def match_tables(conn: psycopg.Connection[Any], patterns: list[str]) -> list[Sou
         """
         SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident,
                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
-               EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident),
                pg_has_role(c.relowner, 'USAGE'),
                c.relispartition,
                CASE WHEN c.relispartition THEN pg_partition_root(c.oid) END
@@ -81,11 +79,10 @@ def match_tables(conn: psycopg.Connection[Any], patterns: list[str]) -> list[Sou
             kind=r[3],
             replica_identity=r[4],
             has_primary_key=r[5],
-            has_identity_index=r[6],
-            owned=r[7],
+            owned=r[6],
         )
         for r in matched
-        if not (r[8] and r[9] in matched_oids)
+        if not (r[7] and r[8] in matched_oids)
     ]
 
 

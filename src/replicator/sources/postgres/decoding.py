@@ -100,11 +100,6 @@ class ChangeDecoder:
         # through the catalog, and origins do not change what a change means.
         return []
 
-    def schema_of(self, relation_id: int) -> TableSchema | None:
-        """The current schema of a relation seen in this stream."""
-        state = self._relations.get(relation_id)
-        return state.schema if state else None
-
     # --- messages --------------------------------------------------------------------------
 
     def _relation(self, relation: pgoutput.Relation) -> None:
