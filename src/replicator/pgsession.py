@@ -1,4 +1,5 @@
-"""Connection settings shared by every PostgreSQL connection Replicator opens.
+"""What every PostgreSQL connection Replicator opens shares: pinned session settings, how a
+failure is classified, and the catalog questions both the source and the target answer.
 
 Values travel as text between source and target, so both ends pin the settings that shape
 that text. ``search_path`` is pinned to ``pg_catalog`` (as PostgreSQL's own apply worker pins
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 TEXT_SETTINGS = {
@@ -48,3 +50,33 @@ IDENTITY_QUERY = (
     "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
 )
 """Names a database uniquely: its cluster's system identifier plus the database's name."""
+
+# Class 08 (connection), 57P (operator intervention: shutdown, terminated) and 53 (resources)
+# are worth a reconnect; any other SQLSTATE is a real refusal.
+TRANSIENT_SQLSTATE_CLASSES = ("08", "57P", "53")
+
+
+def connection_lost(exc: psycopg.Error) -> bool:
+    """Whether ``exc`` means the connection failed rather than the server refusing a statement.
+
+    An OperationalError without a SQLSTATE is libpq itself losing the connection.
+    """
+    code = exc.sqlstate or ""
+    return (isinstance(exc, psycopg.OperationalError) and not code) or code.startswith(
+        TRANSIENT_SQLSTATE_CLASSES
+    )
+
+
+def primary_key_columns(conn: psycopg.Connection[Any], relation: str) -> tuple[str, ...]:
+    """The primary key's columns in key order; ``relation`` is a quoted name or an OID."""
+    row = conn.execute(
+        """
+        SELECT array_agg(a.attname ORDER BY k.ord)
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = %s::regclass AND i.indisprimary
+        """,
+        (relation,),
+    ).fetchone()
+    return tuple(row[0]) if row and row[0] else ()

@@ -21,7 +21,7 @@ from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_string
+from replicator.pgsession import connection_lost, connection_string
 
 SCHEMA = "_replicator"
 
@@ -300,6 +300,6 @@ class PostgresCheckpointStore(CheckpointStore):
 
 def _translate(exc: psycopg.Error) -> SinkError:
     message = redact(str(exc).strip())
-    if isinstance(exc, psycopg.OperationalError):
+    if connection_lost(exc):
         return SinkConnectionError(f"lost the connection to the target: {message}")
     return SinkError(f"checkpoint storage failed: {message}")

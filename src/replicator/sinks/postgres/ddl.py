@@ -10,6 +10,7 @@ import psycopg
 
 from replicator.errors import SchemaMismatchError, SinkError
 from replicator.events import TableId, TableSchema, TypeDefinition, quote_ident
+from replicator.pgsession import primary_key_columns
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,20 +60,10 @@ def read_table(conn: psycopg.Connection[Any], table: TableId) -> TargetTable | N
     ).fetchall()
     if not rows:
         return None
-    key = conn.execute(
-        """
-        SELECT array_agg(a.attname ORDER BY k.ord)
-        FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = %s::regclass AND i.indisprimary
-        """,
-        (table.quoted,),
-    ).fetchone()
     return TargetTable(
         table=table,
         columns={r[0]: TargetColumn(r[0], r[1], r[2], r[3]) for r in rows},
-        primary_key=tuple(key[0]) if key and key[0] else (),
+        primary_key=primary_key_columns(conn, table.quoted),
     )
 
 

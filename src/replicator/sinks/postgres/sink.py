@@ -32,7 +32,7 @@ from replicator.events import (
 )
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
-from replicator.pgsession import IDENTITY_QUERY, connection_string
+from replicator.pgsession import IDENTITY_QUERY, connection_lost, connection_string
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier
 
@@ -308,12 +308,7 @@ def _translate(
     exc: psycopg.Error, doing: str, events: Sequence[ChangeEvent] | None = None
 ) -> SinkError:
     message = redact(str(exc).strip())
-    code = exc.sqlstate or ""
-    # No SQLSTATE on an OperationalError means libpq lost the connection; classes 08
-    # (connection), 57P (shutdown, terminated) and 53 (resources) are worth a retry too.
-    if (isinstance(exc, psycopg.OperationalError) and not code) or code.startswith(
-        ("08", "57P", "53")
-    ):
+    if connection_lost(exc):
         return SinkConnectionError(f"lost the connection to the target while {doing}: {message}")
     where = ""
     if events:

@@ -14,6 +14,7 @@ import psycopg
 from psycopg import sql
 
 from replicator.events import Column, TableId, TableSchema, TypeDefinition
+from replicator.pgsession import primary_key_columns
 from replicator.sources.postgres import pgoutput
 from replicator.sources.postgres.values import PgType
 
@@ -90,24 +91,6 @@ def _glob(name: str, pattern: str) -> bool:
     return fnmatch.fnmatchcase(name, pattern)
 
 
-def key_columns(
-    conn: psycopg.Connection[Any], relid: int, replica_identity: str
-) -> tuple[str, ...]:
-    """The columns that identify a row: the replica identity index, else the primary key."""
-    flag = "indisreplident" if replica_identity == "i" else "indisprimary"
-    row = conn.execute(
-        f"""
-        SELECT array_agg(a.attname ORDER BY k.ord)
-        FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = %s AND i.{flag}
-        """,
-        (relid,),
-    ).fetchone()
-    return tuple(row[0]) if row and row[0] else ()
-
-
 def build_table_schema(conn: psycopg.Connection[Any], relation: pgoutput.Relation) -> TableSchema:
     """Describe a table from its pgoutput Relation message plus what the catalog adds.
 
@@ -162,7 +145,7 @@ def build_table_schema(conn: psycopg.Connection[Any], relation: pgoutput.Relatio
     if relation.replica_identity in ("d", "i"):
         key = tuple(c.name for c in relation.columns if c.is_key)
     elif relation.replica_identity == "f":
-        key = key_columns(conn, relation.relation_id, "d")
+        key = primary_key_columns(conn, str(relation.relation_id))
     else:
         key = ()
     type_oids = {c.type_oid for c in relation.columns} | {int(g.type_oid or 0) for g in generated}

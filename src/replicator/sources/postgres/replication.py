@@ -19,7 +19,7 @@ from psycopg.pq.abc import PGresult
 
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_string
+from replicator.pgsession import TRANSIENT_SQLSTATE_CLASSES, connection_string
 from replicator.sources.postgres import pgoutput
 
 
@@ -158,9 +158,7 @@ def _text(raw: bytes | None) -> str:
 def _result_error(result: PGresult, what: str) -> SourceError:
     message = redact(_text(result.error_message))
     code = _text(result.error_field(pq.DiagnosticField.SQLSTATE))
-    # Class 08 (connection), 57P (operator intervention: shutdown, terminated) and 53 (resources)
-    # are worth a reconnect; anything else is a real refusal.
-    if code.startswith(("08", "57P", "53")):
+    if code.startswith(TRANSIENT_SQLSTATE_CLASSES):
         return SourceConnectionError(f"{what} failed: {message}")
     error = SourceError(f"{what} failed: {message}")
     error.sqlstate = code
