@@ -170,7 +170,7 @@ def check(config: ConfigOption, pipeline: PipelineOption = None) -> None:
             typer.echo(f"pipeline {p.name}:")
             checker = make_pipeline(p, threading.Event())
             try:
-                problems = checker.check()
+                problems = checker.check(checker.load_checkpoint())
             except ReplicatorError as exc:
                 typer.echo(f"  ERROR    {redact(exc.message)}")
                 if exc.fix:

@@ -87,9 +87,9 @@ class Pipeline:
             return None
         return self._source.parse_position(stored.position)
 
-    def check(self) -> list[Problem]:
-        """Every preflight finding of the source and the sink."""
-        problems = self._source.preflight(self.load_checkpoint()) + self._sink.preflight()
+    def check(self, checkpoint: Position | None) -> list[Problem]:
+        """Every preflight finding of the source and the sink, starting from ``checkpoint``."""
+        problems = self._source.preflight(checkpoint) + self._sink.preflight()
         source_id = self._source.identity()
         if source_id is not None and source_id == self._sink.identity():
             problems.append(
@@ -105,14 +105,14 @@ class Pipeline:
     def run(self) -> None:
         """Check, prepare, then stream until the stop event is set or something fails."""
         try:
-            problems = self.check()
+            checkpoint = self.load_checkpoint()
+            problems = self.check(checkpoint)
             for problem in problems:
                 if problem.severity is Severity.WARNING:
                     self._log.warning(problem.message, fix=problem.fix)
             errors = [str(p) for p in problems if p.severity is Severity.ERROR]
             if errors:
                 raise PreflightError(errors)
-            checkpoint = self.load_checkpoint()
             start = self._source.prepare(
                 checkpoint, lambda position: self._store.save(self.name, position)
             )
