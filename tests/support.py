@@ -142,6 +142,23 @@ def slot_lsn(source_dsn: str, slot: str) -> int:
     return parse_lsn(row[0]) if row and row[0] else 0
 
 
+def hold_lock(dsn: str, table: str, seconds: float) -> threading.Thread:
+    """Lock ``table`` exclusively for ``seconds`` from another thread (a stalled target);
+    returns once the lock is held. Join the thread to wait for its release."""
+    locked = threading.Event()
+
+    def hold() -> None:
+        with connect(dsn) as conn, conn.transaction():
+            conn.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # type: ignore[arg-type]
+            locked.set()
+            time.sleep(seconds)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert locked.wait(30), f"could not lock {table}"
+    return holder
+
+
 def slot_active(source_dsn: str, slot: str) -> bool:
     """Whether a walsender is streaming from the slot right now."""
     with connect(source_dsn) as conn:

@@ -4,8 +4,6 @@ wal_sender_timeout: bounded memory, a connection that survives, and an exact res
 from __future__ import annotations
 
 import signal
-import threading
-import time
 from pathlib import Path
 
 import psycopg
@@ -14,6 +12,7 @@ import pytest
 from tests.support import (
     assert_same_rows,
     checkpoint_lsn,
+    hold_lock,
     pipeline_dict,
     slot_lsn,
     spawn_run,
@@ -52,17 +51,7 @@ def test_two_million_row_update_with_a_stalled_target(pg_cluster_factory, target
         wait_caught_up(source_dsn, target_dsn, "big", timeout=600)
         # Stall the target: hold a lock on the table for three times wal_sender_timeout while
         # the source streams one UPDATE of every row.
-        locked = threading.Event()
-
-        def hold_lock() -> None:
-            with psycopg.connect(target_dsn) as conn:
-                conn.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                time.sleep(15)
-
-        holder = threading.Thread(target=hold_lock)
-        holder.start()
-        locked.wait(30)
+        holder = hold_lock(target_dsn, "big", 15)
         with psycopg.connect(source_dsn, autocommit=True) as conn:
             conn.execute("UPDATE big SET v = v + 1")
         holder.join()

@@ -13,6 +13,7 @@ from tests.support import (
     connect,
     current_lsn,
     execute,
+    hold_lock,
     pipeline_config,
     slot_lsn,
     wait_caught_up,
@@ -68,6 +69,13 @@ def test_clean_stop_leaves_slot_equal_to_checkpoint_and_restart_resumes(source_d
     assert_same_rows(source_dsn, target_dsn, "t")
 
 
+def refused(source_dsn: str, target_dsn: str) -> BaseException:
+    """Start the pipeline again and return the error it refuses to start with."""
+    error = RunningPipeline(pipeline_config("safety", source_dsn, target_dsn)).wait_failed()
+    assert isinstance(error, CheckpointMismatchError | PreflightError)
+    return error
+
+
 def test_slot_ahead_of_the_checkpoint_refuses_to_start(source_dsn, target_dsn):
     """If something advanced the slot past the checkpoint, the pipeline will not skip ahead."""
     execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
@@ -75,9 +83,7 @@ def test_slot_ahead_of_the_checkpoint_refuses_to_start(source_dsn, target_dsn):
     execute(source_dsn, "INSERT INTO t SELECT generate_series(1, 10)")
     goal = current_lsn(source_dsn)
     execute(source_dsn, f"SELECT pg_replication_slot_advance('{SLOT}', '{format_lsn(goal)}')")
-    pipeline = RunningPipeline(pipeline_config("safety", source_dsn, target_dsn))
-    error = pipeline.wait_failed()
-    assert isinstance(error, CheckpointMismatchError | PreflightError)
+    error = refused(source_dsn, target_dsn)
     assert "past the pipeline's checkpoint" in str(error)
     assert "replicator drop" in str(error)
 
@@ -87,8 +93,7 @@ def test_missing_slot_with_a_checkpoint_refuses_to_start(source_dsn, target_dsn)
     execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     start(source_dsn, target_dsn).stop()
     execute(source_dsn, f"SELECT pg_drop_replication_slot('{SLOT}')")
-    error = RunningPipeline(pipeline_config("safety", source_dsn, target_dsn)).wait_failed()
-    assert isinstance(error, CheckpointMismatchError | PreflightError)
+    error = refused(source_dsn, target_dsn)
     assert "is gone" in str(error)
 
 
@@ -97,8 +102,7 @@ def test_existing_slot_without_checkpoint_refuses_to_start(source_dsn, target_ds
     execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY)")
     start(source_dsn, target_dsn).stop()
     execute(target_dsn, "DELETE FROM _replicator.checkpoints")
-    error = RunningPipeline(pipeline_config("safety", source_dsn, target_dsn)).wait_failed()
-    assert isinstance(error, CheckpointMismatchError | PreflightError)
+    error = refused(source_dsn, target_dsn)
     assert "holds no checkpoint" in str(error)
 
 
@@ -136,8 +140,6 @@ def test_acknowledged_position_is_always_durable(source_dsn, target_dsn):
 
 def test_target_stalled_longer_than_wal_sender_timeout(pg_cluster_factory, target_dsn):
     """While the target is blocked, status updates keep the replication connection alive."""
-    import threading
-
     source = pg_cluster_factory("stall", wal_sender_timeout="2s")
     source_dsn = source.create_database("stall")
     execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int)")
@@ -145,17 +147,7 @@ def test_target_stalled_longer_than_wal_sender_timeout(pg_cluster_factory, targe
     try:
         execute(source_dsn, "INSERT INTO t SELECT g, 0 FROM generate_series(1, 50000) g")
         wait_caught_up(source_dsn, target_dsn, "safety")
-        locked = threading.Event()
-
-        def hold_lock() -> None:
-            with connect(target_dsn) as conn, conn.transaction():
-                conn.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-                locked.set()
-                time.sleep(7)
-
-        holder = threading.Thread(target=hold_lock)
-        holder.start()
-        locked.wait(10)
+        holder = hold_lock(target_dsn, "t", 7)
         execute(source_dsn, "UPDATE t SET v = v + 1")
         holder.join()
         wait_caught_up(source_dsn, target_dsn, "safety")
