@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,7 +70,8 @@ class Pipeline:
         self._last_commit: TxCommit | None = None
         self._transactions = 0  # complete transactions among the pending events
         self._chunk_open = False  # the sink holds an uncommitted chunk of a transaction
-        self._chunked_ops: list[Op] = []  # ops of chunks applied but not yet committed
+        # Operations in chunks applied but not yet committed, counted when they commit.
+        self._chunked_ops: Counter[Op] = Counter()
         self._oldest = 0.0  # monotonic time the oldest pending item arrived
         self._durable: Position | None = None
         self._schemas: dict[TableId, TableSchema] = {}
@@ -243,9 +244,8 @@ class Pipeline:
         # Only now, with data and checkpoint committed together, may the source let go.
         self._source.acknowledge(durable)
         self._durable = durable
-        self._count(self._chunked_ops)
-        self._count(e.op for e in events)
-        self._chunked_ops = []
+        self._count(self._chunked_ops + Counter(e.op for e in events))
+        self._chunked_ops = Counter()
         self.counters.transactions += self._transactions
         rest = self._pending[cut:]
         self._pending = rest
@@ -262,24 +262,19 @@ class Pipeline:
         assert self._last_commit is None
         events = self._pending
         self._sink.apply(Batch(events=events, commit=None), self.name)
-        self._chunked_ops.extend(e.op for e in events)
+        self._chunked_ops.update(e.op for e in events)
         self._chunk_open = True
         self._pending = []
         self._pending_bytes = 0
         self._boundary = 0
 
-    def _count(self, ops: Iterable[Op]) -> None:
+    def _count(self, ops: Counter[Op]) -> None:
         counters = self.counters
-        for op in ops:
-            counters.events += 1
-            if op is Op.INSERT or op is Op.READ:
-                counters.inserted += 1
-            elif op is Op.UPDATE:
-                counters.updated += 1
-            elif op is Op.DELETE:
-                counters.deleted += 1
-            else:
-                counters.truncated += 1
+        counters.events += ops.total()
+        counters.inserted += ops[Op.INSERT] + ops[Op.READ]
+        counters.updated += ops[Op.UPDATE]
+        counters.deleted += ops[Op.DELETE]
+        counters.truncated += ops[Op.TRUNCATE]
 
     def _lag_seconds(self) -> float:
         if not self._pending:
