@@ -49,7 +49,6 @@ ENCODINGS = {
 }
 
 MIN_SERVER_VERSION = 130000  # publish_via_partition_root and pg_partition_root
-NO_REPLICATION_PRIVILEGE = "lacks the REPLICATION privilege"
 
 
 def _error(message: str, fix: str | None = None) -> Problem:
@@ -165,20 +164,25 @@ def _check_settings(conn: psycopg.Connection[Any]) -> list[Problem]:
     return problems
 
 
-def _check_role(conn: psycopg.Connection[Any]) -> list[Problem]:
+def may_replicate(conn: psycopg.Connection[Any]) -> tuple[str, bool]:
+    """The current role, and whether it may stream (superuser, REPLICATION or rds_replication)."""
     row = conn.execute(
-        "SELECT current_user, rolsuper, rolreplication,"
-        " EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'"
-        "         AND pg_has_role(current_user, r.oid, 'MEMBER'))"
+        "SELECT current_user, rolsuper OR rolreplication"
+        " OR EXISTS (SELECT 1 FROM pg_roles r WHERE r.rolname = 'rds_replication'"
+        "            AND pg_has_role(current_user, r.oid, 'MEMBER'))"
         " FROM pg_roles WHERE rolname = current_user"
     ).fetchone()
     assert row is not None
-    user, superuser, replication, rds = row
-    if superuser or replication or rds:
+    return str(row[0]), bool(row[1])
+
+
+def _check_role(conn: psycopg.Connection[Any]) -> list[Problem]:
+    user, allowed = may_replicate(conn)
+    if allowed:
         return []
     return [
         _error(
-            f"role {user} {NO_REPLICATION_PRIVILEGE} needed to stream changes",
+            f"role {user} lacks the REPLICATION privilege needed to stream changes",
             f"as a superuser: ALTER ROLE {quote_ident(user)} REPLICATION;",
         )
     ]

@@ -87,7 +87,7 @@ class PostgresSource(Source):
             publication=self._publication,
             checkpoint=_as_pg(checkpoint),
         )
-        if not any(preflight.NO_REPLICATION_PRIVILEGE in p.message for p in problems):
+        if preflight.may_replicate(conn)[1]:
             # The role may stream; can it actually open a replication connection (pg_hba)?
             try:
                 ReplicationConnection(self._config.dsn.secret(), self._app).close()
