@@ -6,15 +6,17 @@ User errors print ``Error: <what> / Fix: <how>`` on stderr, never a traceback.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
@@ -23,9 +25,10 @@ from typing import Annotated, Any
 import typer
 
 from replicator.config import Config, PipelineConfig, load_config
-from replicator.contracts import Severity
+from replicator.contracts import CheckpointStore, Severity, TableSnapshot
 from replicator.engine.registry import make_checkpoint_store, make_pipeline, make_source
 from replicator.errors import ConfigError, ReplicatorError
+from replicator.events import TableId
 from replicator.observability.logging import configure_logging, get_logger
 from replicator.observability.redaction import redact
 
@@ -208,8 +211,21 @@ def status(
         for report in reports:
             typer.echo(f"pipeline {report['pipeline']}: {report['phase']}")
             for key, value in report.items():
-                if key not in ("pipeline", "phase") and value is not None:
+                if key not in ("pipeline", "phase", "snapshot") and value is not None:
                     typer.echo(f"  {key.replace('_', ' ')}: {_human(value)}")
+            for table in report["snapshot"]:
+                typer.echo(f"  snapshot {table['table']}: {_describe_copy(table)}")
+
+
+def _describe_copy(table: dict[str, Any]) -> str:
+    text = f"{table['state']}, {table['rows_copied']} rows"
+    if table["rows_estimated"] is not None and table["state"] != "done":
+        text += f" of ~{table['rows_estimated']}"
+    if table["rows_per_second"] is not None:
+        text += f", {table['rows_per_second']} rows/s"
+    if table["eta_seconds"] is not None:
+        text += f", about {table['eta_seconds']} s left"
+    return text
 
 
 def _status_of(p: PipelineConfig) -> dict[str, Any]:
@@ -219,11 +235,15 @@ def _status_of(p: PipelineConfig) -> dict[str, Any]:
         checkpoint = store.load(p.name)
         recorded = store.read_status(p.name) or {}
         slot = source.status()
+        tables = store.snapshot_tables(p.name)
     finally:
         source.close()
         store.close()
     phase = recorded.get("phase") or ("not started" if checkpoint is None else "stopped")
-    running = bool(slot.get("slot_active"))
+    # While copying, the slot is not streamed yet: the recorded heartbeat says it runs.
+    running = bool(slot.get("slot_active")) or (
+        phase in ("starting", "snapshotting") and (recorded.get("heartbeat_age_s") or 99) < 30
+    )
     if phase == "streaming" and not running:
         phase = "not running (it stopped without a clean shutdown)"
     stats = checkpoint.stats if checkpoint else {}
@@ -248,6 +268,28 @@ def _status_of(p: PipelineConfig) -> dict[str, Any]:
         "last_source_commit": stats.get("source_commit_ts"),
         "pid": recorded.get("pid") if running else None,
         "last_error": recorded.get("last_error"),
+        "snapshot": [_table_progress(t) for t in tables],
+    }
+
+
+def _table_progress(table: TableSnapshot) -> dict[str, Any]:
+    """One table's copy: rows so far, estimate, rate and time left."""
+    state = {"requested": "pending", "copying": "copying", "done": "done"}[table.state]
+    rate = None
+    eta = None
+    if table.started_at is not None:
+        end = table.finished_at or datetime.now(UTC)
+        seconds = max((end - table.started_at).total_seconds(), 1e-3)
+        rate = round(table.rows_copied / seconds)
+        if state == "copying" and table.rows_estimated and rate:
+            eta = round(max(0, table.rows_estimated - table.rows_copied) / rate)
+    return {
+        "table": str(table.table),
+        "state": state,
+        "rows_copied": table.rows_copied,
+        "rows_estimated": table.rows_estimated,
+        "rows_per_second": rate,
+        "eta_seconds": eta,
     }
 
 
@@ -290,6 +332,129 @@ def drop(
             typer.echo(f"pipeline {p.name}: nothing to remove")
         for line in removed:
             typer.echo(f"pipeline {p.name}: removed {line}")
+
+
+@app.command("sync-sequences")
+def sync_sequences(config: ConfigOption, pipeline: PipelineOption = None) -> None:
+    """Set the target's sequences at or above the source's, for cutover (never moves one back)."""
+    from replicator.sequences import SequenceSync
+
+    with _user_errors():
+        _, chosen = _load(config, pipeline)
+        # Each result is printed below; warnings logged as well would say everything twice.
+        configure_logging("error", "console")
+        failed = 0
+        for p in chosen:
+            typer.echo(f"pipeline {p.name}:")
+            syncer = SequenceSync(p)
+            try:
+                results = syncer.run()
+            except ReplicatorError as exc:
+                typer.echo(f"  ERROR  {redact(exc.message)}")
+                if exc.fix:
+                    typer.echo(f"         fix: {redact(exc.fix)}")
+                failed += 1
+                continue
+            finally:
+                syncer.close()
+            if not results:
+                typer.echo("  no sequences: none is owned or used by the captured tables,")
+                typer.echo("  and none matches source.tables")
+            for result in results:
+                typer.echo(f"  {redact(result.summary())}")
+                if result.fix:
+                    typer.echo(f"    fix: {redact(result.fix)}")
+                failed += result.failed
+        if failed:
+            raise _fail(f"{failed} sequence(s) or pipeline(s) not synchronised; see above", 1)
+
+
+@app.command()
+def snapshot(
+    config: ConfigOption,
+    pipeline: Annotated[
+        str,
+        typer.Option("--pipeline", "-p", help="The pipeline to re-copy for.", show_default=False),
+    ],
+    tables: Annotated[
+        list[str],
+        typer.Option(
+            "--tables",
+            "-t",
+            help="Schema-qualified glob of captured tables to re-copy (repeatable).",
+            show_default=False,
+        ),
+    ],
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until the copy is done.")
+    ] = True,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait at most.", min=1)
+    ] = 3600.0,
+) -> None:
+    """Re-copy tables while the pipeline keeps streaming (an ad-hoc re-sync).
+
+    Rows are copied into a shadow table that replaces the target's rows in one transaction:
+    readers see the old rows until then, and rows gone from the source disappear.
+    """
+    with _user_errors():
+        cfg = load_config(config)
+        p = cfg.pipeline(pipeline)
+        configure_logging("warning", "console")
+        store = make_checkpoint_store(p)
+        try:
+            captured = store.captured_tables(p.name)
+            chosen = sorted(
+                {t for t in captured for pattern in tables if _matches(t, pattern)}, key=str
+            )
+            if not chosen:
+                known = ", ".join(str(t) for t in sorted(captured, key=str)) or "none yet"
+                raise ConfigError(
+                    f"no table captured by pipeline {p.name} matches {', '.join(tables)}",
+                    fix=f"use schema-qualified patterns such as public.orders; captured: {known}",
+                )
+            store.request_snapshot(p.name, chosen, resync=True)
+            names = ", ".join(str(t) for t in chosen)
+            typer.echo(f"pipeline {p.name}: re-copy requested for {names}")
+            if wait:
+                _wait_for_copies(store, p.name, set(chosen), timeout)
+        finally:
+            store.close()
+
+
+def _matches(table: TableId, pattern: str) -> bool:
+    schema, _, name = pattern.partition(".")
+    return fnmatch.fnmatchcase(table.schema, schema) and fnmatch.fnmatchcase(
+        table.name, name or "*"
+    )
+
+
+def _wait_for_copies(
+    store: CheckpointStore, pipeline: str, tables: set[TableId], timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    shown: dict[TableId, str] = {}
+    while True:
+        recorded = store.read_status(pipeline) or {}
+        states = {t.table: t for t in store.snapshot_tables(pipeline) if t.table in tables}
+        for table, state in states.items():
+            line = _describe_copy(_table_progress(state))
+            if shown.get(table) != line:
+                shown[table] = line
+                typer.echo(f"  {table}: {line}")
+        if all(s.state == "done" for s in states.values()):
+            typer.echo(f"pipeline {pipeline}: re-copy done")
+            return
+        alive = (
+            recorded.get("phase") in ("starting", "streaming", "snapshotting")
+            and (recorded.get("heartbeat_age_s") or 0) < 60
+        )
+        if not alive:
+            typer.echo(f"pipeline {pipeline} is not running: the copy starts when it next starts")
+            return
+        if time.monotonic() > deadline:
+            raise typer.Exit(1)
+        time.sleep(1.0)
 
 
 def main() -> None:

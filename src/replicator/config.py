@@ -107,6 +107,9 @@ class PostgresSourceConfig(_Model):
     dsn: Dsn
     tables: Annotated[list[str], Field(min_length=1)]
     snapshot: Literal["initial", "never"] = "initial"
+    snapshot_workers: Annotated[int, Field(ge=1, le=64)] = 4
+    snapshot_chunk_rows: Annotated[int, Field(ge=1000)] = 250_000
+    discover_interval_s: Annotated[float, Field(ge=0, le=86400)] = 10.0
     slot: str | None = None
     publication: str | None = None
     status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0

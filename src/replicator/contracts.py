@@ -15,10 +15,12 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from replicator.events import ChangeEvent, Position, StreamItem, TableSchema, TxCommit
+from replicator.events import ChangeEvent, Position, StreamItem, TableId, TableSchema, TxCommit
 
 
 class Severity(enum.Enum):
@@ -40,6 +42,102 @@ class Problem:
         return f"{self.message} (fix: {self.fix})" if self.fix else self.message
 
 
+@dataclass(frozen=True, slots=True)
+class TableSnapshot:
+    """One table's snapshot state: ``requested``, ``copying`` or ``done``."""
+
+    table: TableId
+    state: str
+    shadow: str | None
+    rows_estimated: int | None
+    rows_copied: int
+    start: dict[str, Any] | None
+    until: dict[str, Any] | None
+    requested_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One part of a table copied (and committed) in one go.
+
+    ``lo``/``hi`` bound a half-open range of the source's storage (PostgreSQL: heap blocks);
+    None on both ends means the whole table, ``hi`` None alone means "to the end".
+    """
+
+    number: int
+    lo: int | None = None
+    hi: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkState:
+    """A planned chunk and, once copied, the snapshot position it was copied at."""
+
+    chunk: Chunk
+    position: dict[str, Any] | None
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class TablePlan:
+    """How a table will be copied: its chunks, whether chunks copied at one snapshot may be
+    kept when the rest is copied at a later one, and a row estimate for progress."""
+
+    chunks: list[Chunk]
+    rows_estimated: int | None
+    resumable_by_chunk: bool
+
+
+COPY_POSTGRES_BINARY = "postgres-binary"
+"""PostgreSQL's binary COPY format (built-in types only: it names types by OID)."""
+COPY_POSTGRES_TEXT = "postgres-text"
+"""PostgreSQL's text COPY format, read under Replicator's pinned session settings."""
+
+
+@dataclass(slots=True)
+class CopyStream:
+    """Rows of one chunk in a bulk format both ends understand (e.g. ``postgres-binary``)."""
+
+    format: str
+    columns: tuple[str, ...]
+    blocks: Iterator[bytes | bytearray | memoryview]
+
+
+class SnapshotReader(ABC):
+    """One connection reading inside a snapshot; used by one copy worker at a time."""
+
+    @abstractmethod
+    def copy(
+        self, schema: TableSchema, chunk: Chunk, formats: frozenset[str]
+    ) -> AbstractContextManager[CopyStream]:
+        """Open a stream of the chunk's rows as of the snapshot, in one of ``formats``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call more than once."""
+
+
+class SnapshotSession(ABC):
+    """A consistent view of the source at ``position``: a change the stream delivers is in
+    the view exactly when its position is before ``position``."""
+
+    position: Position
+
+    @abstractmethod
+    def plan(self, schema: TableSchema, chunk_rows: int) -> TablePlan:
+        """Split the table into chunks of about ``chunk_rows`` rows."""
+
+    @abstractmethod
+    def reader(self) -> SnapshotReader:
+        """A new reader bound to this snapshot (open them all before copying starts)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the snapshot; safe to call more than once."""
+
+
 class Source(ABC):
     """Reads committed changes from a database's log, in commit order."""
 
@@ -49,12 +147,31 @@ class Source(ABC):
         names its fix."""
 
     @abstractmethod
+    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
+        """Bring the captured table set up to date with the configured patterns.
+
+        Returns every captured table's definition and which tables were added to the
+        capture just now (their earlier rows are not in the stream and must be copied).
+        """
+
+    @abstractmethod
+    def open_snapshot(self) -> SnapshotSession:
+        """A consistent snapshot of the source, with the stream position it corresponds to.
+
+        Right after :meth:`prepare` created the pipeline's slot with ``export_snapshot``, this
+        is the slot's own snapshot (at the slot's starting point).
+        """
+
+    @abstractmethod
     def parse_position(self, data: dict[str, Any]) -> Position:
         """Rebuild a position from its JSON form (as stored in a checkpoint)."""
 
     @abstractmethod
     def prepare(
-        self, checkpoint: Position | None, save_checkpoint: Callable[[Position], None]
+        self,
+        checkpoint: Position | None,
+        save_checkpoint: Callable[[Position], None],
+        export_snapshot: bool = False,
     ) -> Position:
         """Get ready to stream and return the position streaming starts from.
 
@@ -162,6 +279,53 @@ class Sink(ABC):
         """A string naming the database instance written to; None when unknown."""
         return None
 
+    def snapshot_writer(self, pipeline: str) -> SnapshotWriter:
+        """A writer with its own connection, for one copy worker."""
+        raise NotImplementedError(f"{type(self).__name__} cannot take a snapshot copy")
+
+
+class SnapshotWriter(ABC):
+    """Writes copied rows into the target, each chunk committed with its bookkeeping."""
+
+    formats: frozenset[str]
+    """The :class:`CopyStream` formats this writer accepts."""
+
+    @abstractmethod
+    def chunks(self, table: TableId) -> list[ChunkState]:
+        """The table's stored chunk plan (empty when none)."""
+
+    @abstractmethod
+    def start_table(self, schema: TableSchema, plan: TablePlan, shadow: str | None) -> None:
+        """Record the plan and prepare the table (emptied, or an empty shadow created)."""
+
+    @abstractmethod
+    def copy_chunk(
+        self,
+        schema: TableSchema,
+        chunk: Chunk,
+        stream: CopyStream,
+        position: Position,
+        *,
+        shadow: str | None,
+        upsert: bool,
+        progress: Callable[[int], None],
+    ) -> int:
+        """Write the chunk and mark it copied at ``position`` in one transaction; return rows.
+
+        ``upsert`` when rows of this chunk may already be present (copied at an earlier
+        snapshot); ``progress`` is called with rows written so far.
+        """
+
+    @abstractmethod
+    def finish_table(
+        self, schema: TableSchema, shadow: str | None, start: Position, until: Position
+    ) -> None:
+        """Mark the table copied (swapping in the shadow's rows first, atomically)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call more than once."""
+
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -201,6 +365,21 @@ class CheckpointStore(ABC):
     def read_status(self, pipeline: str) -> dict[str, Any] | None:
         """The status last recorded by :meth:`report`, if the store keeps one."""
         return None
+
+    def captured_tables(self, pipeline: str) -> list[TableId]:
+        """Tables the pipeline has written to (or is copying)."""
+        return []
+
+    def snapshot_tables(self, pipeline: str) -> list[TableSnapshot]:
+        """Snapshot state of every table the pipeline copies or has copied."""
+        return []
+
+    def request_snapshot(self, pipeline: str, tables: list[TableId], *, resync: bool) -> None:
+        """Ask for ``tables`` to be (re-)copied; ``resync`` copies them beside the live ones."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no snapshot state")
+
+    def record_snapshot_progress(self, pipeline: str, rows: dict[TableId, int]) -> None:  # noqa: B027 - optional
+        """Store rows copied so far per table, for status."""
 
     @abstractmethod
     def close(self) -> None:

@@ -16,6 +16,7 @@ from tests.support import (
     run_cli,
     slot_lsn,
     spawn_run,
+    table_rows,
     wait_caught_up,
     wait_for,
     write_config,
@@ -115,13 +116,23 @@ def test_run_sigterm_status_and_drop(source_dsn, target_dsn, tmp_path: Path):
         report = json.loads(running.stdout)[0]
         assert report["phase"] == "streaming"
         assert report["rows_inserted"] == 100 and report["lag_seconds"] is not None
+        assert report["snapshot"] == [
+            {
+                "table": "public.t",
+                "state": "done",
+                "rows_copied": 1,
+                "rows_estimated": 1,
+                "rows_per_second": report["snapshot"][0]["rows_per_second"],
+                "eta_seconds": None,
+            }
+        ]
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(30) == 0
     finally:
         if engine.poll() is None:
             engine.kill()
     text = log.read_text()
-    assert "NOT copied" in text and "public.t" in text  # the pre-existing row is called out
+    assert "snapshot finished" in text and len(table_rows(target_dsn, "t")) == 101
     assert slot_lsn(source_dsn, "replicator_life") == checkpoint_lsn(target_dsn, "life")
     status = run_cli("status", "-c", str(config))
     assert status.returncode == 0

@@ -20,7 +20,9 @@ from replicator.contracts import (
     Problem,
     Sink,
     SinkCapabilities,
+    SnapshotSession,
     Source,
+    TableSnapshot,
 )
 from replicator.engine.pipeline import Pipeline
 from replicator.errors import SchemaMismatchError, SourceConnectionError
@@ -73,8 +75,19 @@ class FakeSource(Source):
     def parse_position(self, data: dict[str, Any]) -> Position:
         return PgPosition.from_json(data)
 
-    def prepare(self, checkpoint: Position | None, save: Callable[[Position], None]) -> Position:
+    def prepare(
+        self,
+        checkpoint: Position | None,
+        save: Callable[[Position], None],
+        export_snapshot: bool = False,
+    ) -> Position:
         return checkpoint or PgPosition(1)
+
+    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
+        return [SCHEMA], []
+
+    def open_snapshot(self) -> SnapshotSession:
+        raise AssertionError("no copy expected")
 
     def stream(self, start: Position) -> Iterator[StreamItem]:
         yield from self.items
@@ -134,8 +147,18 @@ class FakeSink(Sink):
 
 
 class FakeStore(CheckpointStore):
-    def __init__(self) -> None:
+    def __init__(self, copied: dict[TableId, Position] | None = None) -> None:
         self.saved: dict[str, Position] = {}
+        self.copied = copied or {}
+
+    def snapshot_tables(self, pipeline: str) -> list[TableSnapshot]:
+        return [
+            TableSnapshot(t, "done", None, 1, 1, p.to_json(), p.to_json(), None, None, None)
+            for t, p in self.copied.items()
+        ]
+
+    def request_snapshot(self, pipeline: str, tables: list[TableId], *, resync: bool) -> None:
+        raise AssertionError("no copy expected")
 
     def load(self, pipeline: str) -> Checkpoint | None:
         pos = self.saved.get(pipeline)
@@ -154,12 +177,37 @@ class FakeStore(CheckpointStore):
         pass
 
 
-def run(items: list[StreamItem], cfg: PipelineConfig | None = None, **sink_args: Any):
+def run(
+    items: list[StreamItem],
+    cfg: PipelineConfig | None = None,
+    store: FakeStore | None = None,
+    **sink_args: Any,
+):
     stop = threading.Event()
     source = FakeSource(items, stop)
     sink = FakeSink(source.log, **sink_args)
-    pipeline = Pipeline(cfg or config(), source, sink, FakeStore(), stop)
+    store = store or FakeStore()
+    store.saved["unit"] = PgPosition(1)  # an existing pipeline: nothing to copy at start
+    pipeline = Pipeline(cfg or config(), source, sink, store, stop)
     return pipeline, source, sink
+
+
+def test_changes_already_in_a_tables_copy_are_skipped():
+    """Events committed before a table's snapshot position are in the copy: not applied."""
+    items: list[StreamItem] = [
+        insert(1, 1),
+        commit(1),
+        insert(2, 1),
+        commit(2),
+        insert(3, 1),
+        commit(3),
+        Heartbeat(),
+    ]
+    # Copied at 2/0 (position 200, index 0): transaction 2 committed at 200 is after it.
+    store = FakeStore({SCHEMA.table: PgPosition(200)})
+    pipeline, source, sink = run(items, store=store)
+    pipeline.run()
+    assert [i for batch in sink.committed for i in batch] == [2001, 3001]
 
 
 def test_commits_only_at_transaction_boundaries_and_acks_after_commit():
@@ -254,7 +302,9 @@ def test_complete_transactions_are_kept_when_the_source_fails():
     items: list[StreamItem] = [insert(1, 1), commit(1), insert(2, 1)]
     source = FailingSource(items)
     sink = FakeSink(source.log)
-    pipeline = Pipeline(config(), source, sink, FakeStore(), threading.Event())
+    store = FakeStore()
+    store.saved["unit"] = PgPosition(1)
+    pipeline = Pipeline(config(), source, sink, store, threading.Event())
     with pytest.raises(SourceConnectionError):
         pipeline.run()
     assert sink.committed == [[1001]]

@@ -17,7 +17,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore
+from replicator.checkpoints import snapshot_state
+from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore, TableSnapshot
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
@@ -80,6 +81,7 @@ def ensure_tables(conn: psycopg.Connection[Any]) -> None:
         # Concurrent CREATE ... IF NOT EXISTS can still collide on the catalog's unique index.
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('replicator.ddl'))")
         conn.execute(_DDL)
+        conn.execute(snapshot_state.DDL)
 
 
 def checkpoint_statement(
@@ -219,6 +221,7 @@ class PostgresCheckpointStore(CheckpointStore):
                 )
                 conn.execute(f"DELETE FROM {SCHEMA}.pipelines WHERE pipeline = %s", (pipeline,))
                 conn.execute(f"DELETE FROM {SCHEMA}.tables WHERE pipeline = %s", (pipeline,))
+                snapshot_state.forget(conn, pipeline)
                 return cur.rowcount > 0
         except psycopg.Error as exc:
             raise _translate(exc) from exc
@@ -280,6 +283,41 @@ class PostgresCheckpointStore(CheckpointStore):
             "heartbeat_age_s",
         )
         return dict(zip(keys, r, strict=True))
+
+    def captured_tables(self, pipeline: str) -> list[TableId]:
+        """Tables the pipeline has created or copied in the target."""
+        rows = self._query(
+            f"SELECT schema_name, table_name FROM {SCHEMA}.tables WHERE pipeline = %s"
+            f" UNION SELECT schema_name, table_name FROM {SCHEMA}.snapshot_tables"
+            " WHERE pipeline = %s",
+            (pipeline, pipeline),
+        )
+        return [TableId(r[0], r[1]) for r in rows]
+
+    def snapshot_tables(self, pipeline: str) -> list[TableSnapshot]:
+        """Snapshot state of the pipeline's tables."""
+        try:
+            return snapshot_state.load_tables(self._connection(), pipeline)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def request_snapshot(self, pipeline: str, tables: list[TableId], *, resync: bool) -> None:
+        """Queue a (re-)copy of ``tables`` for the pipeline to pick up."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                snapshot_state.request(conn, pipeline, tables, resync=resync)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def record_snapshot_progress(self, pipeline: str, rows: dict[TableId, int]) -> None:
+        """Rows copied so far per table."""
+        conn = self._connection()
+        try:
+            with conn.transaction():
+                snapshot_state.record_progress(conn, pipeline, rows)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
 
     def close(self) -> None:
         """Close the connection."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
+from replicator.engine.snapshot import SnapshotRound, Stopped
 from replicator.errors import PreflightError, SchemaMismatchError
 from replicator.events import ChangeEvent, Heartbeat, Op, Position, TableId, TableSchema, TxCommit
 from replicator.observability.logging import get_logger
@@ -76,6 +77,10 @@ class Pipeline:
         self._durable: Position | None = None
         self._schemas: dict[TableId, TableSchema] = {}
         self._last_idle_checkpoint = 0.0
+        # Where each copied table's changes start: stream events before it are in the copy.
+        self._starts: dict[TableId, tuple[int, ...]] = {}
+        self._snapshot_wanted = False
+        self._last_discovery = time.monotonic()
         self._last_status = 0.0
         self._last_summary = time.monotonic()
 
@@ -114,12 +119,20 @@ class Pipeline:
             errors = [str(p) for p in problems if p.severity is Severity.ERROR]
             if errors:
                 raise PreflightError(errors)
+            schemas = self._sync_tables(new_pipeline=checkpoint is None)
             start = self._source.prepare(
-                checkpoint, lambda position: self._store.save(self.name, position)
+                checkpoint,
+                lambda position: self._store.save(self.name, position),
+                export_snapshot=checkpoint is None and self._snapshots_enabled,
             )
             self._durable = start
-            self._store.report(self.name, "streaming", started=True)
+            self._store.report(self.name, "starting", started=True)
+            self._run_snapshots(schemas)
+            self._store.report(self.name, "streaming")
             self._stream(start)
+        except Stopped:
+            self._safe_report("stopped")
+            self._log.info("stopped during the snapshot; the next run resumes it")
         except BaseException as exc:
             self._sink.rollback()
             self._safe_report("failed", error=str(exc))
@@ -135,6 +148,73 @@ class Pipeline:
         self._source.close()
         self._sink.close()
         self._store.close()
+
+    # --- snapshots --------------------------------------------------------------------------
+
+    @property
+    def _snapshots_enabled(self) -> bool:
+        return self.config.source.snapshot == "initial"
+
+    def _sync_tables(self, new_pipeline: bool) -> dict[TableId, TableSchema]:
+        """Update the captured table set; ask for a copy of tables whose rows the stream lacks."""
+        schemas, added = self._source.sync_tables()
+        self._last_discovery = time.monotonic()
+        wanted = [s.table for s in schemas] if new_pipeline else added
+        if wanted and self._snapshots_enabled:
+            self._store.request_snapshot(self.name, wanted, resync=False)
+        elif wanted:
+            self._log.info(
+                "existing rows are not copied (snapshot: never); streaming changes only",
+                tables=", ".join(str(t) for t in wanted),
+            )
+        self._snapshot_wanted = bool(wanted) and self._snapshots_enabled
+        return {s.table: s for s in schemas}
+
+    def _run_snapshots(self, schemas: dict[TableId, TableSchema] | None = None) -> None:
+        """Copy every table waiting for a copy, then load where each table's stream starts."""
+        self._snapshot_wanted = False
+        states = self._store.snapshot_tables(self.name)
+        pending = [t for t in states if t.state != "done"]
+        if pending:
+            if schemas is None:
+                described, _ = self._source.sync_tables()
+                schemas = {s.table: s for s in described}
+            schemas_by_table = schemas
+            gone = [t for t in pending if t.table not in schemas_by_table]
+            if gone:
+                self._log.warning(
+                    "not copying tables that are no longer captured (dropped, or no longer "
+                    "matching the patterns)",
+                    tables=", ".join(str(t.table) for t in gone),
+                )
+            copy = [t for t in pending if t.table in schemas_by_table]
+            if copy:
+                self._store.report(self.name, "snapshotting")
+                SnapshotRound(
+                    self.config,
+                    self._source,
+                    self._sink,
+                    self._store,
+                    self._stop,
+                    report=lambda: self._store.report(self.name, "snapshotting"),
+                ).run(copy, schemas_by_table)
+                states = self._store.snapshot_tables(self.name)
+        parse = self._source.parse_position
+        self._starts = {
+            t.table: parse(t.start).order_key()
+            for t in states
+            if t.state == "done" and t.start is not None
+        }
+
+    def _between_transactions(self, now: float) -> None:
+        """At a clean point (nothing pending, nothing open in the sink): discover new tables
+        and run requested copies."""
+        interval = self.config.source.discover_interval_s
+        if interval and now - self._last_discovery >= interval:
+            self._sync_tables(new_pipeline=False)
+        if self._snapshot_wanted:
+            self._run_snapshots()
+            self._store.report(self.name, "streaming")
 
     def _safe_report(self, phase: str, error: str | None = None) -> None:
         try:
@@ -189,6 +269,8 @@ class Pipeline:
                 return
             if now - self._last_status >= STATUS_INTERVAL:
                 self._report(now)
+            if not self._pending and not self._chunk_open:
+                self._between_transactions(now)
 
     def _full(self, max_events: int, max_bytes: int) -> bool:
         return len(self._pending) >= max_events or self._pending_bytes >= max_bytes
@@ -202,6 +284,9 @@ class Pipeline:
             self._log.warning("could not commit the complete transactions", error=str(exc))
 
     def _add_event(self, event: ChangeEvent, now: float) -> None:
+        start = self._starts.get(event.table)
+        if start is not None and event.position.order_key() < start:
+            return  # committed before the table's copy was taken: the copy holds it
         if self._schemas.get(event.table) is not event.schema:
             try:
                 self._sink.ensure_table(event.schema)
@@ -285,6 +370,9 @@ class Pipeline:
     def _report(self, now: float) -> None:
         self._last_status = now
         self._store.report(self.name, "streaming", lag_seconds=self._lag_seconds())
+        # Copies asked for from outside (replicator snapshot) while the pipeline runs.
+        if any(t.state != "done" for t in self._store.snapshot_tables(self.name)):
+            self._snapshot_wanted = True
         if now - self._last_summary >= SUMMARY_INTERVAL:
             self._last_summary = now
             self._log.info("progress", checkpoint=str(self._durable), **self._summary())

@@ -35,6 +35,7 @@ from replicator.observability.redaction import redact
 from replicator.pgsession import IDENTITY_QUERY, connection_lost, connection_string
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier
+from replicator.sinks.postgres.snapshot_writer import PgSnapshotWriter
 
 # A COMMIT that returned must be durable before the source is acknowledged. A chunked source
 # transaction keeps its target transaction open (and idle) while the source decodes the rest,
@@ -246,6 +247,10 @@ class PostgresSink(Sink):
             raise
         self._end_transaction()
         return batch.commit.position
+
+    def snapshot_writer(self, pipeline: str) -> PgSnapshotWriter:
+        """A copy worker's own connection to the target."""
+        return PgSnapshotWriter(self._pipeline)
 
     def rollback(self) -> None:
         """Abandon the open target transaction, if any."""

@@ -370,3 +370,49 @@ def setting(conn: psycopg.Connection[Any], name: str) -> str:
     row = conn.execute("SELECT current_setting(%s)", (name,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+def describe_table(conn: psycopg.Connection[Any], oid: int) -> TableSchema:
+    """Describe a table from the catalog alone, the way its pgoutput Relation message would.
+
+    Used before the stream has sent anything about the table (an initial copy); building it
+    through :func:`build_table_schema` keeps both descriptions identical.
+    """
+    row = conn.execute(
+        "SELECT n.nspname, c.relname, c.relreplident FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+        (oid,),
+    ).fetchone()
+    if row is None:
+        raise LookupError(f"table with OID {oid} no longer exists")
+    namespace, name, identity = row
+    # The replica identity columns pgoutput flags as key: the primary key ('d'), the chosen
+    # index ('i'), every column ('f'), none ('n').
+    key_columns = {
+        r[0]
+        for r in conn.execute(
+            """
+            SELECT a.attname FROM pg_index i
+            JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+            WHERE i.indrelid = %s
+              AND ((%s = 'd' AND i.indisprimary) OR (%s = 'i' AND i.indisreplident))
+            """,
+            (oid, identity, identity),
+        ).fetchall()
+    }
+    columns = tuple(
+        pgoutput.RelationColumn(
+            is_key=identity == "f" or r[0] in key_columns,
+            name=r[0],
+            type_oid=r[1],
+            type_modifier=r[2],
+        )
+        for r in conn.execute(
+            "SELECT attname, atttypid::int, atttypmod FROM pg_attribute"
+            " WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = ''"
+            " ORDER BY attnum",
+            (oid,),
+        ).fetchall()
+    )
+    relation = pgoutput.Relation(oid, namespace, name, identity, columns)
+    return build_table_schema(conn, relation)

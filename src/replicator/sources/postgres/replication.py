@@ -63,10 +63,19 @@ class ReplicationConnection:
         row = self.command("IDENTIFY_SYSTEM")[0]
         return (str(row[0]), int(row[1] or 0), pgoutput.parse_lsn(row[2] or "0/0"), str(row[3]))
 
-    def create_slot(self, slot: str) -> int:
-        """Create a logical slot for pgoutput; return its consistent point."""
-        rows = self.command(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput NOEXPORT_SNAPSHOT')
-        return pgoutput.parse_lsn(rows[0][1] or "0/0")
+    def create_slot(
+        self, slot: str, *, temporary: bool = False, export_snapshot: bool = False
+    ) -> tuple[int, str | None]:
+        """Create a logical slot for pgoutput; return its consistent point and, when asked
+        for, the name of a snapshot that sees exactly what committed before that point.
+
+        The snapshot stays importable (``SET TRANSACTION SNAPSHOT``) only until this
+        connection runs its next command or closes; a temporary slot goes with the session.
+        """
+        kind = " TEMPORARY" if temporary else ""
+        export = "EXPORT_SNAPSHOT" if export_snapshot else "NOEXPORT_SNAPSHOT"
+        rows = self.command(f'CREATE_REPLICATION_SLOT "{slot}"{kind} LOGICAL pgoutput {export}')
+        return pgoutput.parse_lsn(rows[0][1] or "0/0"), rows[0][2] if export_snapshot else None
 
     def show(self, setting: str) -> str:
         """A server setting, as the walsender sees it."""

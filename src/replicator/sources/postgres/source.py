@@ -22,7 +22,7 @@ from replicator.errors import (
     SourceConnectionError,
     SourceError,
 )
-from replicator.events import Position, StreamItem, TableSchema
+from replicator.events import Position, StreamItem, TableId, TableSchema
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.pgsession import IDENTITY_QUERY, connection_string
@@ -31,6 +31,7 @@ from replicator.sources.postgres.decoding import ChangeDecoder
 from replicator.sources.postgres.position import PgPosition
 from replicator.sources.postgres.reader import StreamReader
 from replicator.sources.postgres.replication import ReplicationConnection
+from replicator.sources.postgres.snapshot import PgSnapshotSession
 from replicator.sources.postgres.values import PgType
 
 _SLOT_BUSY_WAIT = 15.0  # a killed engine's walsender needs a moment to notice and exit
@@ -51,6 +52,7 @@ class PostgresSource(Source):
         self._reader: StreamReader | None = None
         self._encoding = "utf-8"
         self._types: dict[int, PgType] = {}
+        self._exported: PgSnapshotSession | None = None
 
     # --- connections ----------------------------------------------------------------------
 
@@ -95,10 +97,32 @@ class PostgresSource(Source):
                 problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
+    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
+        """Match the patterns, bring the publication up to date, and describe each table."""
+        conn = self._catalog_conn()
+        tables = catalog.match_tables(conn, self._config.tables)
+        if not tables:
+            raise PreflightError([f"no table in the source matches {self._config.tables}"])
+        added = catalog.ensure_publication(conn, self._publication, tables)
+        schemas = []
+        for table in tables:
+            try:
+                schemas.append(catalog.describe_table(conn, table.oid))
+            except LookupError:
+                continue  # dropped since it was matched: nothing to copy or stream
+        return schemas, [t.table for t in added]
+
     def prepare(
-        self, checkpoint: Position | None, save_checkpoint: Callable[[Position], None]
+        self,
+        checkpoint: Position | None,
+        save_checkpoint: Callable[[Position], None],
+        export_snapshot: bool = False,
     ) -> PgPosition:
-        """Sync the publication, find or create the slot, and settle where to start."""
+        """Find or create the slot and settle where to start.
+
+        With ``export_snapshot``, a newly created slot exports its snapshot for
+        :meth:`open_snapshot`; it stays usable until streaming starts.
+        """
         conn = self._catalog_conn()
         server_encoding = catalog.setting(conn, "server_encoding")
         if server_encoding not in preflight.ENCODINGS:
@@ -106,10 +130,6 @@ class PostgresSource(Source):
                 [f"the source database's encoding {server_encoding} is not supported"]
             )
         self._encoding = preflight.ENCODINGS[server_encoding]
-        tables = catalog.match_tables(conn, self._config.tables)
-        if not tables:
-            raise PreflightError([f"no table in the source matches {self._config.tables}"])
-        added = catalog.ensure_publication(conn, self._publication, tables)
         pg_checkpoint = _as_pg(checkpoint)
         slot = self._wait_until_slot_free(conn)
         self._repl = ReplicationConnection(self._config.dsn.secret(), self._app)
@@ -124,11 +144,14 @@ class PostgresSource(Source):
             # Mark the slot as being created first: if we crash before the real checkpoint is
             # saved, the next start knows the slot is ours and unused (see below).
             save_checkpoint(PgPosition(0))
-            lsn = self._repl.create_slot(self._slot)
+            lsn, snapshot = self._repl.create_slot(self._slot, export_snapshot=export_snapshot)
             start = PgPosition(lsn)
             save_checkpoint(start)
+            if snapshot is not None:
+                self._exported = PgSnapshotSession(
+                    self._config.dsn.secret(), self._app, start, snapshot, exporter=None
+                )
             self._log.info("created replication slot", slot=self._slot, lsn=str(start))
-            self._report_uncopied(conn, tables, new_pipeline=True)
             return start
         problems = preflight.check_slot(conn, self._slot, pg_checkpoint)
         errors = [p for p in problems if p.severity is Severity.ERROR]
@@ -139,14 +162,20 @@ class PostgresSource(Source):
             # Created by us just before a crash, never streamed: adopt its starting point.
             start = PgPosition(slot.confirmed_flush_lsn or 0)
             save_checkpoint(start)
-            self._report_uncopied(conn, tables, new_pipeline=True)
             return start
-        if added:
-            self._report_uncopied(conn, added, new_pipeline=False)
         return pg_checkpoint
+
+    def open_snapshot(self) -> PgSnapshotSession:
+        """The new slot's exported snapshot if there is one, else a temporary slot's."""
+        exported, self._exported = self._exported, None
+        if exported is not None:
+            return exported
+        return PgSnapshotSession.temporary(self._config.dsn.secret(), self._app, self._slot)
 
     def stream(self, start: Position) -> Iterator[StreamItem]:
         """Stream from ``start``; yields a Heartbeat whenever nothing is ready right now."""
+        # Streaming ends the slot's exported snapshot: it must not be handed out afterwards.
+        self._exported = None
         position = _as_pg(start)
         assert position is not None and self._repl is not None
         # Asked before streaming: a replication connection takes no commands during COPY BOTH.
@@ -246,32 +275,6 @@ class PostgresSource(Source):
                     f"{info.active_pid}); if it is a leftover",
                 )
             time.sleep(0.5)
-
-    def _report_uncopied(
-        self, conn: psycopg.Connection[Any], tables: list[catalog.SourceTable], new_pipeline: bool
-    ) -> None:
-        holding, unreadable = catalog.tables_with_rows(conn, tables)
-        if unreadable:
-            self._log.warning(
-                "cannot tell whether these tables already hold rows (no SELECT privilege); "
-                "rows that existed before the pipeline started are not copied",
-                tables=", ".join(str(t) for t in unreadable),
-            )
-        if not holding:
-            return
-        names = ", ".join(str(t) for t in holding)
-        if self._config.snapshot == "never":
-            self._log.info(
-                "existing rows are not copied (snapshot: never); streaming changes only",
-                tables=names,
-            )
-        else:
-            self._log.warning(
-                "these tables already hold rows that are NOT copied to the target: the initial "
-                "snapshot is not implemented yet, so only changes from now on are replicated",
-                tables=names,
-                new_pipeline=new_pipeline,
-            )
 
     def _lookup_type(self, oid: int) -> PgType:
         known = self._types.get(oid)
