@@ -156,6 +156,7 @@ class PipelineConfig(_Model):
     transforms: list[Any] = []
     sink: PostgresSinkConfig
     batch: BatchConfig = BatchConfig()
+    sync_sequences_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
     @field_validator("name")
     @classmethod

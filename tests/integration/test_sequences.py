@@ -9,7 +9,16 @@ from typing import Any
 from psycopg.conninfo import conninfo_to_dict
 
 from replicator.sequences import Outcome, SequenceResult, SequenceState, SequenceSync
-from tests.support import connect, execute, pipeline_config, pipeline_dict, run_cli, write_config
+from tests.support import (
+    RunningPipeline,
+    connect,
+    execute,
+    pipeline_config,
+    pipeline_dict,
+    run_cli,
+    wait_for,
+    write_config,
+)
 
 
 def sync(source_dsn: str, target_dsn: str, tables: list[str]) -> dict[str, SequenceResult]:
@@ -282,3 +291,34 @@ def test_cli_names_the_grant_a_sequence_needs_and_exits_1(
         assert password not in result.stdout + result.stderr
     finally:
         execute(source_dsn, f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_a_running_pipeline_keeps_sequences_in_step(source_dsn, target_dsn):
+    """With sync_sequences_interval_s set, the running pipeline synchronises sequences."""
+    execute(source_dsn, "CREATE TABLE s (id serial PRIMARY KEY, v text)")
+    execute(source_dsn, "INSERT INTO s (v) SELECT 'x' FROM generate_series(1, 50)")
+    pipeline = RunningPipeline(
+        pipeline_config("seqs", source_dsn, target_dsn, sync_sequences_interval_s=0.5)
+    )
+    try:
+
+        def synced() -> bool:
+            with connect(target_dsn) as conn:
+                row = conn.execute(
+                    "SELECT last_value FROM pg_sequences WHERE sequencename = 's_id_seq'"
+                ).fetchone()
+            return row is not None and row[0] is not None and row[0] >= 50
+
+        wait_for(synced, 30, "the target sequence to reach the source's")
+        execute(source_dsn, "INSERT INTO s (v) SELECT 'y' FROM generate_series(1, 25)")
+
+        def advanced() -> bool:
+            with connect(target_dsn) as conn:
+                row = conn.execute(
+                    "SELECT last_value FROM pg_sequences WHERE sequencename = 's_id_seq'"
+                ).fetchone()
+            return row is not None and row[0] is not None and row[0] >= 75
+
+        wait_for(advanced, 30, "the target sequence to follow the source")
+    finally:
+        pipeline.stop()

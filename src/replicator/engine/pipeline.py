@@ -24,9 +24,10 @@ from typing import Any
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
 from replicator.engine.snapshot import SnapshotRound, Stopped
-from replicator.errors import PreflightError, SchemaMismatchError
+from replicator.errors import PreflightError, ReplicatorError, SchemaMismatchError
 from replicator.events import ChangeEvent, Heartbeat, Op, Position, TableId, TableSchema, TxCommit
 from replicator.observability.logging import get_logger
+from replicator.sequences import SequenceSync
 
 IDLE_CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints of an idle pipeline
 STATUS_INTERVAL = 5.0
@@ -81,6 +82,8 @@ class Pipeline:
         self._starts: dict[TableId, tuple[int, ...]] = {}
         self._snapshot_wanted = False
         self._last_discovery = time.monotonic()
+        self._sequences: SequenceSync | None = None
+        self._last_sequence_sync = 0.0
         self._last_status = 0.0
         self._last_summary = time.monotonic()
 
@@ -145,6 +148,9 @@ class Pipeline:
 
     def close(self) -> None:
         """Close the source, sink and checkpoint store connections; idempotent."""
+        if self._sequences is not None:
+            self._sequences.close()
+            self._sequences = None
         self._source.close()
         self._sink.close()
         self._store.close()
@@ -215,6 +221,26 @@ class Pipeline:
         if self._snapshot_wanted:
             self._run_snapshots()
             self._store.report(self.name, "streaming")
+        every = self.config.sync_sequences_interval_s
+        if every and now - self._last_sequence_sync >= every:
+            self._sync_sequences(now)
+
+    def _sync_sequences(self, now: float) -> None:
+        """Keep target sequences at or above the source's (continuous cutover readiness)."""
+        self._last_sequence_sync = now
+        if self._sequences is None:
+            self._sequences = SequenceSync(self.config)
+        try:
+            results = self._sequences.run()
+        except ReplicatorError as exc:
+            # Sequences are a convenience next to the data: a failure here must not stop it.
+            self._log.warning("could not synchronise sequences", error=exc.message)
+            self._sequences.close()
+            self._sequences = None
+            return
+        for result in results:
+            if result.failed:
+                self._log.warning("sequence not synchronised", detail=result.summary())
 
     def _safe_report(self, phase: str, error: str | None = None) -> None:
         try:
