@@ -174,7 +174,8 @@ class KeyedApplier:
                     f"{self.schema.table}: an update left TOASTed values unchanged, but the row "
                     f"({', '.join(self.key)}) = ({keys}) is missing from the target, so those "
                     "values are unknown: the target is not a copy of the source",
-                    fix="re-copy the table from the source (the initial snapshot), then resume",
+                    fix="re-copy the table: replicator snapshot -c FILE -p PIPELINE -t "
+                    f"'{self.schema.table}' (the pipeline applies it when it runs again)",
                 )
         # Upsert before delete: the upsert reads unchanged values from rows the delete removes.
         if folded.upserts:

@@ -195,8 +195,8 @@ class PostgresSink(Sink):
                     f"table {table} was dropped and re-created in the source, but the target "
                     "still holds the rows of the old table",
                     fix=f"on the target, run: DROP TABLE {table.quoted}; then restart the "
-                    "pipeline (it re-creates the table; rows the new source table received "
-                    "before the pipeline captured it are not copied)",
+                    "pipeline (it re-creates the table and, with snapshot: initial, copies "
+                    "its rows)",
                 )
         remember_table(conn, self._pipeline.name, source_id, table)
 
