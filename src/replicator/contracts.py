@@ -260,8 +260,12 @@ class Sink(ABC):
         """Check that the target can serve this pipeline; each problem names its fix."""
 
     @abstractmethod
-    def ensure_table(self, schema: TableSchema) -> None:
-        """Create the target table when missing; raise SchemaMismatchError when incompatible."""
+    def ensure_table(self, schema: TableSchema, replacing: bool = False) -> None:
+        """Create the target table when missing; raise SchemaMismatchError when incompatible.
+
+        ``replacing``: a snapshot is about to replace the table's rows, so rows left by an
+        earlier source table of the same name are no reason to stop.
+        """
 
     @abstractmethod
     def apply(self, batch: Batch, pipeline: str) -> Position | None:

@@ -304,15 +304,30 @@ def test_renamed_source_table_is_not_copied_twice(start, source_dsn, target_dsn)
     assert_same_rows(source_dsn, target_dsn, "new_name")
 
 
-def test_recreated_source_table_does_not_keep_old_rows(start, source_dsn, target_dsn):
-    """A table dropped and re-created under the same name is not merged with the old copy."""
+def test_recreated_source_table_is_copied_afresh(start, source_dsn, target_dsn):
+    """A table dropped and re-created under the same name replaces the old copy."""
     execute(source_dsn, "CREATE TABLE r (id int PRIMARY KEY)")
     pipeline = start()
     execute(source_dsn, "INSERT INTO r VALUES (1)")
     wait_caught_up(source_dsn, target_dsn, "it")
     pipeline.stop()
     execute(source_dsn, "DROP TABLE r", "CREATE TABLE r (id int PRIMARY KEY)")
+    execute(source_dsn, "INSERT INTO r VALUES (3)")
     pipeline = start()
+    execute(source_dsn, "INSERT INTO r VALUES (2)")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    assert table_rows(target_dsn, "r") == ["(2)", "(3)"]
+
+
+def test_recreated_source_table_does_not_keep_old_rows(start, source_dsn, target_dsn):
+    """Without a snapshot, a re-created table stops the pipeline rather than merging."""
+    execute(source_dsn, "CREATE TABLE r (id int PRIMARY KEY)")
+    pipeline = start(source={"snapshot": "never"})
+    execute(source_dsn, "INSERT INTO r VALUES (1)")
+    wait_caught_up(source_dsn, target_dsn, "it")
+    pipeline.stop()
+    execute(source_dsn, "DROP TABLE r", "CREATE TABLE r (id int PRIMARY KEY)")
+    pipeline = start(source={"snapshot": "never"})
     execute(source_dsn, "INSERT INTO r VALUES (2)")
     error = pipeline.wait_failed()
     assert isinstance(error, SchemaMismatchError)

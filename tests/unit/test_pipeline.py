@@ -123,7 +123,7 @@ class FakeSink(Sink):
     def preflight(self) -> list[Problem]:
         return []
 
-    def ensure_table(self, schema: TableSchema) -> None:
+    def ensure_table(self, schema: TableSchema, replacing: bool = False) -> None:
         if schema.table == self.mismatch:
             raise SchemaMismatchError(f"{schema.table} changed")
 

@@ -151,7 +151,7 @@ class SnapshotRound:
         chunk_rows = self._config.source.snapshot_chunk_rows
         for state in pending:
             schema = schemas[state.table]
-            self._sink.ensure_table(schema)
+            self._sink.ensure_table(schema, replacing=True)
             plan = session.plan(schema, chunk_rows)
             stored = planner.chunks(schema.table) if state.state == "copying" else []
             done = [c for c in stored if c.position is not None]

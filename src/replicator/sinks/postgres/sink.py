@@ -127,12 +127,12 @@ class PostgresSink(Sink):
             raise _translate(exc, "identifying the target") from exc
         return str(row[0]) if row else None
 
-    def ensure_table(self, schema: TableSchema) -> None:
+    def ensure_table(self, schema: TableSchema, replacing: bool = False) -> None:
         """Create the target table when missing; otherwise insist it matches the source."""
         conn = self._connection()
         try:
             target = ddl.read_table(conn, schema.table)
-            self._check_identity(conn, schema, exists=target is not None)
+            self._check_identity(conn, schema, exists=target is not None, replacing=replacing)
             if target is None:
                 ddl.create_table(conn, schema)
                 target = ddl.read_table(conn, schema.table)
@@ -162,7 +162,7 @@ class PostgresSink(Sink):
         )
 
     def _check_identity(
-        self, conn: psycopg.Connection[Any], schema: TableSchema, exists: bool
+        self, conn: psycopg.Connection[Any], schema: TableSchema, exists: bool, replacing: bool
     ) -> None:
         """Catch a source table renamed, or dropped and re-created, since the target copied it.
 
@@ -190,7 +190,7 @@ class PostgresSink(Sink):
                     f"{known}",
                     fix="on the target, run: " + " ".join(steps) + " then restart the pipeline",
                 )
-            if known_id != source_id and known == table and exists:
+            if known_id != source_id and known == table and exists and not replacing:
                 raise SchemaMismatchError(
                     f"table {table} was dropped and re-created in the source, but the target "
                     "still holds the rows of the old table",

@@ -61,7 +61,7 @@ def match_tables(conn: psycopg.Connection[Any], patterns: list[str]) -> list[Sou
                EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary),
                pg_has_role(c.relowner, 'USAGE'),
                c.relispartition,
-               CASE WHEN c.relispartition THEN pg_partition_root(c.oid) END
+               CASE WHEN c.relispartition THEN pg_partition_root(c.oid)::oid END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE c.relkind IN ('r', 'p') AND c.relpersistence = 'p'
           AND n.nspname <> ALL (%s) AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
