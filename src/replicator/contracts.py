@@ -299,7 +299,13 @@ class SnapshotWriter(ABC):
         """The table's stored chunk plan (empty when none)."""
 
     @abstractmethod
-    def start_table(self, schema: TableSchema, plan: TablePlan, shadow: str | None) -> None:
+    def start_table(
+        self,
+        schema: TableSchema,
+        plan: TablePlan,
+        shadow: str | None,
+        requested_at: datetime | None,
+    ) -> None:
         """Record the plan and prepare the table (emptied, or an empty shadow created)."""
 
     @abstractmethod
@@ -322,9 +328,15 @@ class SnapshotWriter(ABC):
 
     @abstractmethod
     def finish_table(
-        self, schema: TableSchema, shadow: str | None, start: Position, until: Position
-    ) -> None:
-        """Mark the table copied (swapping in the shadow's rows first, atomically)."""
+        self,
+        schema: TableSchema,
+        shadow: str | None,
+        start: Position,
+        until: Position,
+        requested_at: datetime | None,
+    ) -> bool:
+        """Mark the table copied (swapping in the shadow's rows first, atomically); False
+        when a new copy was requested after ``requested_at`` (the table keeps waiting)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -160,7 +160,14 @@ def test_resync_replaces_the_rows_while_streaming_continues(source_dsn, target_d
     log = tmp_path / "run.log"
     engine = spawn_run(config, log)
     try:
-        wait_for(lambda: (table_state(target_dsn, "notes") or ("",))[0] == "done", 120, "copy")
+        wait_for(
+            lambda: (
+                (table_state(target_dsn, "notes") or ("",))[0] == "done"
+                and (table_state(target_dsn, "nums") or ("",))[0] == "done"
+            ),
+            120,
+            "the first copy",
+        )
         # Damage the target copy the way drift would: a stray row, a lost row, a wrong value.
         execute(
             target_dsn,

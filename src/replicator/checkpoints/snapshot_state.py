@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -88,11 +89,11 @@ def request(
             f"""
             INSERT INTO {SCHEMA}.snapshot_tables AS s
                 (pipeline, schema_name, table_name, state, shadow, requested_at)
-            VALUES (%s, %s, %s, 'requested', %s, now())
+            VALUES (%s, %s, %s, 'requested', %s, clock_timestamp())
             ON CONFLICT (pipeline, schema_name, table_name) DO UPDATE SET
                 state = 'requested', shadow = EXCLUDED.shadow, rows_estimated = NULL,
                 rows_copied = 0, start_position = NULL, until_position = NULL,
-                requested_at = now(), started_at = NULL, finished_at = NULL
+                requested_at = clock_timestamp(), started_at = NULL, finished_at = NULL
             """,
             (*_key(pipeline, table), shadow_name(pipeline, table) if resync else None),
         )
@@ -120,6 +121,7 @@ def save_plan(
     table: TableId,
     chunks: list[Chunk],
     rows_estimated: int | None,
+    requested_at: datetime | None,
 ) -> None:
     """Replace the table's chunk plan and mark it ``copying`` (caller's transaction)."""
     conn.execute(
@@ -133,11 +135,13 @@ def save_plan(
             " (pipeline, schema_name, table_name, chunk, lo, hi) VALUES (%s, %s, %s, %s, %s, %s)",
             [(*_key(pipeline, table), c.number, c.lo, c.hi) for c in chunks],
         )
+    # Unless the copy was asked for again meanwhile: that request must stay visible.
     conn.execute(
         f"UPDATE {SCHEMA}.snapshot_tables SET state = 'copying', rows_estimated = %s,"
         " rows_copied = 0, started_at = now()"
-        " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-        (rows_estimated, *_key(pipeline, table)),
+        " WHERE pipeline = %s AND schema_name = %s AND table_name = %s"
+        " AND requested_at IS NOT DISTINCT FROM %s",
+        (rows_estimated, *_key(pipeline, table), requested_at),
     )
 
 
@@ -163,23 +167,37 @@ def finish(
     table: TableId,
     start: dict[str, Any],
     until: dict[str, Any],
-) -> None:
-    """Mark the table copied (caller's transaction, together with any shadow swap)."""
-    conn.execute(
+    requested_at: datetime | None,
+) -> bool:
+    """Mark the table copied (caller's transaction, together with any shadow swap).
+
+    Returns False, leaving the table waiting, when a new copy was requested since this one
+    was planned: that request is served by the next round instead of being lost.
+    """
+    done = conn.execute(
         f"""
         UPDATE {SCHEMA}.snapshot_tables SET state = 'done', shadow = NULL,
             start_position = %s, until_position = %s, finished_at = now(),
             rows_copied = (SELECT coalesce(sum(rows), 0) FROM {SCHEMA}.snapshot_chunks c
                            WHERE c.pipeline = %s AND c.schema_name = %s AND c.table_name = %s)
         WHERE pipeline = %s AND schema_name = %s AND table_name = %s
+          AND requested_at IS NOT DISTINCT FROM %s
         """,
-        (json.dumps(start), json.dumps(until), *_key(pipeline, table), *_key(pipeline, table)),
-    )
-    conn.execute(
-        f"DELETE FROM {SCHEMA}.snapshot_chunks"
-        " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-        _key(pipeline, table),
-    )
+        (
+            json.dumps(start),
+            json.dumps(until),
+            *_key(pipeline, table),
+            *_key(pipeline, table),
+            requested_at,
+        ),
+    ).rowcount
+    if done:
+        conn.execute(
+            f"DELETE FROM {SCHEMA}.snapshot_chunks"
+            " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+            _key(pipeline, table),
+        )
+    return bool(done)
 
 
 def record_progress(conn: psycopg.Connection[Any], pipeline: str, rows: dict[TableId, int]) -> None:

@@ -194,7 +194,10 @@ class Pipeline:
                     tables=", ".join(str(t.table) for t in gone),
                 )
             copy = [t for t in pending if t.table in schemas_by_table]
-            if copy:
+            # Tables asked for again while being copied are still waiting: copy them again now.
+            for _ in range(3):
+                if not copy:
+                    break
                 self._store.report(self.name, "snapshotting")
                 SnapshotRound(
                     self.config,
@@ -205,6 +208,7 @@ class Pipeline:
                     report=lambda: self._store.report(self.name, "snapshotting"),
                 ).run(copy, schemas_by_table)
                 states = self._store.snapshot_tables(self.name)
+                copy = [t for t in states if t.state != "done" and t.table in schemas_by_table]
         parse = self._source.parse_position
         self._starts = {
             t.table: parse(t.start).order_key()

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from replicator.config import PipelineConfig
@@ -45,6 +46,7 @@ class TableProgress:
 
     schema: TableSchema
     shadow: str | None
+    requested_at: datetime | None
     rows_estimated: int | None
     chunks_left: int
     positions: list[Position] = field(default_factory=list)
@@ -164,20 +166,18 @@ class SnapshotRound:
                     chunks=len(stored),
                 )
             else:
-                planner.start_table(schema, plan, state.shadow)
-                chunks = []
-                done = []
-                plan_chunks = plan.chunks
-                progress = TableProgress(
-                    schema, state.shadow, plan.rows_estimated, len(plan_chunks)
+                planner.start_table(schema, plan, state.shadow, state.requested_at)
+                fresh = TableProgress(
+                    schema, state.shadow, state.requested_at, plan.rows_estimated, len(plan.chunks)
                 )
-                self.tables[schema.table] = progress
-                work += [_Work(progress, c, upsert=False) for c in plan_chunks]
+                self.tables[schema.table] = fresh
+                work += [_Work(fresh, c, upsert=False) for c in plan.chunks]
                 continue
             parse = self._source.parse_position
             progress = TableProgress(
                 schema,
                 state.shadow,
+                state.requested_at,
                 plan.rows_estimated,
                 chunks_left=len(chunks) - len(done),
                 positions=[parse(c.position) for c in done if c.position is not None],
@@ -290,9 +290,14 @@ class SnapshotRound:
         keys = [p.order_key() for p in table.positions]
         start = table.positions[keys.index(min(keys))]
         until = table.positions[keys.index(max(keys))]
-        writer.finish_table(table.schema, table.shadow, start, until)
+        current = writer.finish_table(table.schema, table.shadow, start, until, table.requested_at)
         table.finished = True
-        self._log.info("table copied", start=str(start), **table.describe())
+        if current:
+            self._log.info("table copied", start=str(start), **table.describe())
+        else:
+            self._log.info(
+                "table copied, but a new copy was requested meanwhile", **table.describe()
+            )
 
     def _progress(self) -> None:
         for table in self.tables.values():

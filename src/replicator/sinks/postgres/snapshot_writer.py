@@ -9,6 +9,7 @@ the stream afterwards flushes every earlier one (WAL is written in order).
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -67,7 +68,13 @@ class PgSnapshotWriter(SnapshotWriter):
         with self._transaction("reading the copy plan"):
             return snapshot_state.load_chunks(self._conn, self._pipeline, table)
 
-    def start_table(self, schema: TableSchema, plan: TablePlan, shadow: str | None) -> None:
+    def start_table(
+        self,
+        schema: TableSchema,
+        plan: TablePlan,
+        shadow: str | None,
+        requested_at: datetime | None,
+    ) -> None:
         """Store the plan and empty the table (or create its empty shadow)."""
         target = _target(schema.table, shadow)
         with self._transaction(f"preparing the copy of {schema.table}"):
@@ -85,7 +92,12 @@ class PgSnapshotWriter(SnapshotWriter):
                 # earlier pipeline go.
                 self._conn.execute(sql.SQL("TRUNCATE {}").format(target))
             snapshot_state.save_plan(
-                self._conn, self._pipeline, schema.table, plan.chunks, plan.rows_estimated
+                self._conn,
+                self._pipeline,
+                schema.table,
+                plan.chunks,
+                plan.rows_estimated,
+                requested_at,
             )
 
     def copy_chunk(
@@ -175,8 +187,13 @@ class PgSnapshotWriter(SnapshotWriter):
         return max(cur.rowcount, 0)
 
     def finish_table(
-        self, schema: TableSchema, shadow: str | None, start: Position, until: Position
-    ) -> None:
+        self,
+        schema: TableSchema,
+        shadow: str | None,
+        start: Position,
+        until: Position,
+        requested_at: datetime | None,
+    ) -> bool:
         """Swap the shadow's rows in (one transaction: readers see old rows, then new) and
         mark the table copied from ``start``."""
         live = _target(schema.table, None)
@@ -191,8 +208,13 @@ class PgSnapshotWriter(SnapshotWriter):
                     )
                 )
                 self._conn.execute(sql.SQL("DROP TABLE {}").format(copy))
-            snapshot_state.finish(
-                self._conn, self._pipeline, schema.table, start.to_json(), until.to_json()
+            return snapshot_state.finish(
+                self._conn,
+                self._pipeline,
+                schema.table,
+                start.to_json(),
+                until.to_json(),
+                requested_at,
             )
 
     def close(self) -> None:
