@@ -7,11 +7,14 @@ import random
 import signal
 import time
 
+import psycopg
 import pytest
 
 from tests.support import (
     assert_same_rows,
     checkpoint_lsn,
+    connect,
+    execute,
     pipeline_dict,
     slot_lsn,
     spawn_run,
@@ -24,13 +27,42 @@ from tests.workload import TABLES, Workload
 SLOT = "replicator_crashy"
 
 
+def chunks_copied(target_dsn: str) -> int:
+    """Snapshot chunks committed so far (0 before the bookkeeping exists)."""
+    try:
+        with connect(target_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM _replicator.snapshot_chunks WHERE position IS NOT NULL"
+            ).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return 0
+    return int(row[0]) if row else 0
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_dsn, tmp_path):
-    """Killed with SIGKILL six times mid-stream, the target still ends equal to the source."""
+    """Tables that already hold rows (one without a key) are copied and then streamed while a
+    workload runs; SIGKILL once mid-snapshot and six times mid-stream, the target still ends
+    equal to the source."""
     seed = int(os.environ.get("REPLICATOR_TEST_SEED", random.randrange(1 << 30)))
     rnd = random.Random(seed)
     print(f"seed={seed}")  # rerun with REPLICATOR_TEST_SEED to reproduce
     Workload.create_schema(source_dsn)
+    workload = Workload(source_dsn, seed)
+    with connect(source_dsn) as conn:
+        for _ in range(300):
+            workload.run_transaction(conn)
+    # Big enough that the first kill lands mid-copy; the workload does not touch them, so
+    # their chunks survive the kill (a keyed one resumes per chunk, a keyless one restarts).
+    execute(
+        source_dsn,
+        "CREATE TABLE sales.bulk (id int PRIMARY KEY, n int NOT NULL, at timestamptz)",
+        "INSERT INTO sales.bulk SELECT g, g % 97, now() FROM generate_series(1, 400000) g",
+        "CREATE TABLE sales.bulk_log (who text, n int)",
+        "ALTER TABLE sales.bulk_log REPLICA IDENTITY FULL",
+        "INSERT INTO sales.bulk_log SELECT 'w' || g % 13, g % 5 FROM generate_series(1, 100000) g",
+        "ANALYZE",
+    )
     config = write_config(
         tmp_path / "replicator.yaml",
         pipeline_dict(
@@ -39,14 +71,19 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_d
             target_dsn,
             ["public.*", "sales.*"],
             batch={"max_events": rnd.choice([50, 500, 5000])},
+            source={"snapshot_chunk_rows": 2000, "snapshot_workers": 2},
         ),
     )
     log = tmp_path / "replicator.log"
-    workload = Workload(source_dsn, seed)
     engine = spawn_run(config, log)
-    wait_for(lambda: checkpoint_lsn(target_dsn, "crashy") > 0, 60, "the slot")
     workload.start()
     try:
+        # First kill: mid-snapshot, with some chunks committed.
+        wait_for(lambda: chunks_copied(target_dsn) >= 2, 120, "the snapshot to be under way")
+        engine.send_signal(signal.SIGKILL)
+        engine.wait(10)
+        engine = spawn_run(config, log)
+        wait_for(lambda: checkpoint_lsn(target_dsn, "crashy") > 0, 60, "the slot")
         for _ in range(6):
             time.sleep(rnd.uniform(1.0, 4.0))
             engine.send_signal(signal.SIGKILL)
@@ -65,6 +102,6 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_d
         if engine.poll() is None:
             engine.kill()
     assert workload.transactions > 20 and workload.rollbacks > 0
-    assert_same_rows(source_dsn, target_dsn, *TABLES)
+    assert_same_rows(source_dsn, target_dsn, *TABLES, "sales.bulk", "sales.bulk_log")
     assert slot_lsn(source_dsn, SLOT) == checkpoint_lsn(target_dsn, "crashy")
     assert "Traceback" not in log.read_text()
