@@ -147,12 +147,16 @@ class Source(ABC):
         names its fix."""
 
     @abstractmethod
-    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
+    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
         """Bring the captured table set up to date with the configured patterns.
 
-        Returns every captured table's definition and which tables were added to the
-        capture just now (their earlier rows are not in the stream and must be copied).
+        Returns every captured table and the tables added to the capture just now (their
+        earlier rows are not in the stream and must be copied).
         """
+
+    @abstractmethod
+    def describe(self, tables: list[TableId]) -> dict[TableId, TableSchema]:
+        """Current definitions of those ``tables`` that are captured and still exist."""
 
     @abstractmethod
     def open_snapshot(self) -> SnapshotSession:

@@ -83,8 +83,11 @@ class FakeSource(Source):
     ) -> Position:
         return checkpoint or PgPosition(1)
 
-    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
-        return [SCHEMA], []
+    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
+        return [SCHEMA.table], []
+
+    def describe(self, tables: list[TableId]) -> dict[TableId, TableSchema]:
+        return {SCHEMA.table: SCHEMA}
 
     def open_snapshot(self) -> SnapshotSession:
         raise AssertionError("no copy expected")

@@ -122,7 +122,7 @@ class Pipeline:
             errors = [str(p) for p in problems if p.severity is Severity.ERROR]
             if errors:
                 raise PreflightError(errors)
-            schemas = self._sync_tables(new_pipeline=checkpoint is None)
+            self._sync_tables(new_pipeline=checkpoint is None)
             start = self._source.prepare(
                 checkpoint,
                 lambda position: self._store.save(self.name, position),
@@ -130,7 +130,7 @@ class Pipeline:
             )
             self._durable = start
             self._store.report(self.name, "starting", started=True)
-            self._run_snapshots(schemas)
+            self._run_snapshots()
             self._store.report(self.name, "streaming")
             self._stream(start)
         except Stopped:
@@ -161,11 +161,11 @@ class Pipeline:
     def _snapshots_enabled(self) -> bool:
         return self.config.source.snapshot == "initial"
 
-    def _sync_tables(self, new_pipeline: bool) -> dict[TableId, TableSchema]:
+    def _sync_tables(self, new_pipeline: bool) -> None:
         """Update the captured table set; ask for a copy of tables whose rows the stream lacks."""
-        schemas, added = self._source.sync_tables()
+        tables, added = self._source.sync_tables()
         self._last_discovery = time.monotonic()
-        wanted = [s.table for s in schemas] if new_pipeline else added
+        wanted = tables if new_pipeline else added
         if wanted and self._snapshots_enabled:
             self._store.request_snapshot(self.name, wanted, resync=False)
         elif wanted:
@@ -174,41 +174,37 @@ class Pipeline:
                 tables=", ".join(str(t) for t in wanted),
             )
         self._snapshot_wanted = bool(wanted) and self._snapshots_enabled
-        return {s.table: s for s in schemas}
 
-    def _run_snapshots(self, schemas: dict[TableId, TableSchema] | None = None) -> None:
+    def _run_snapshots(self) -> None:
         """Copy every table waiting for a copy, then load where each table's stream starts."""
         self._snapshot_wanted = False
         states = self._store.snapshot_tables(self.name)
-        pending = [t for t in states if t.state != "done"]
-        if pending:
-            if schemas is None:
-                described, _ = self._source.sync_tables()
-                schemas = {s.table: s for s in described}
-            schemas_by_table = schemas
-            gone = [t for t in pending if t.table not in schemas_by_table]
+        # Tables asked for again while being copied are still waiting: copy them again now.
+        for _ in range(3):
+            pending = [t for t in states if t.state != "done"]
+            if not pending:
+                break
+            schemas = self._source.describe([t.table for t in pending])
+            gone = [t for t in pending if t.table not in schemas]
             if gone:
                 self._log.warning(
                     "not copying tables that are no longer captured (dropped, or no longer "
                     "matching the patterns)",
                     tables=", ".join(str(t.table) for t in gone),
                 )
-            copy = [t for t in pending if t.table in schemas_by_table]
-            # Tables asked for again while being copied are still waiting: copy them again now.
-            for _ in range(3):
-                if not copy:
-                    break
-                self._store.report(self.name, "snapshotting")
-                SnapshotRound(
-                    self.config,
-                    self._source,
-                    self._sink,
-                    self._store,
-                    self._stop,
-                    report=lambda: self._store.report(self.name, "snapshotting"),
-                ).run(copy, schemas_by_table)
-                states = self._store.snapshot_tables(self.name)
-                copy = [t for t in states if t.state != "done" and t.table in schemas_by_table]
+            copy = [t for t in pending if t.table in schemas]
+            if not copy:
+                break
+            self._store.report(self.name, "snapshotting")
+            SnapshotRound(
+                self.config,
+                self._source,
+                self._sink,
+                self._store,
+                self._stop,
+                report=lambda: self._store.report(self.name, "snapshotting"),
+            ).run(copy, schemas)
+            states = self._store.snapshot_tables(self.name)
         parse = self._source.parse_position
         self._starts = {
             t.table: parse(t.start).order_key()

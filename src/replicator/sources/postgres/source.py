@@ -97,20 +97,27 @@ class PostgresSource(Source):
                 problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
-    def sync_tables(self) -> tuple[list[TableSchema], list[TableId]]:
-        """Match the patterns, bring the publication up to date, and describe each table."""
+    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
+        """Match the patterns and bring the publication up to date."""
         conn = self._catalog_conn()
         tables = catalog.match_tables(conn, self._config.tables)
         if not tables:
             raise PreflightError([f"no table in the source matches {self._config.tables}"])
         added = catalog.ensure_publication(conn, self._publication, tables)
-        schemas = []
-        for table in tables:
-            try:
-                schemas.append(catalog.describe_table(conn, table.oid))
-            except LookupError:
-                continue  # dropped since it was matched: nothing to copy or stream
-        return schemas, [t.table for t in added]
+        return [t.table for t in tables], [t.table for t in added]
+
+    def describe(self, tables: list[TableId]) -> dict[TableId, TableSchema]:
+        """Definitions of the captured ones among ``tables``, as the stream will describe them."""
+        conn = self._catalog_conn()
+        wanted = set(tables)
+        found = {}
+        for table in catalog.match_tables(conn, self._config.tables):
+            if table.table in wanted:
+                try:
+                    found[table.table] = catalog.describe_table(conn, table.oid)
+                except LookupError:
+                    continue  # dropped since it was matched
+        return found
 
     def prepare(
         self,
