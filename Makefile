@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install servers test test-fast lint format clean
+.PHONY: install servers test test-fast lint format clean bench demo
 
 install: $(VENV)/.installed
 
@@ -32,6 +32,16 @@ lint: install
 format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
+
+# Replicator vs native logical replication on a pgbench database (bench/README.md).
+# Options: make bench BENCH_ARGS="--scale 1 --duration 5"
+bench: install servers
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# A guided tour: a sample shop copied between two throw-away servers while it takes orders,
+# then verified row by row (demo/__init__.py). Options: make demo DEMO_ARGS="--duration 5"
+demo: install servers
+	$(BIN)/python -m demo $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

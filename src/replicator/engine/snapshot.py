@@ -123,7 +123,7 @@ class SnapshotRound:
             for table in list(self.tables.values()):
                 if table.chunks_left == 0:
                     self._finish(planner, table)  # every chunk committed before a crash
-            count = min(self._config.source.snapshot_workers, len(work))
+            count = min(self._config.source.copy_workers, len(work))
             # Every reader imports the snapshot now, while its exporter is guaranteed idle.
             readers = [session.reader() for _ in range(count)]
             writers += [self._sink.snapshot_writer(self._config.name) for _ in range(count)]
