@@ -203,3 +203,42 @@ def test_snapshot_command_rejects_unknown_tables(source_dsn, target_dsn, tmp_pat
     assert result.returncode == 2
     assert "no table captured by pipeline none matches public.nope" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_mid_snapshot_exits_cleanly_and_the_next_run_finishes(
+    source_dsn, target_dsn, tmp_path: Path
+):
+    """SIGTERM during the copy stops within seconds with exit 0; the next run completes it."""
+    execute(
+        source_dsn,
+        "CREATE TABLE nums (id int PRIMARY KEY, v int NOT NULL, at timestamptz)",
+        "INSERT INTO nums SELECT g, 0, now() FROM generate_series(1, 400000) g",
+        "ANALYZE",
+    )
+    config = write_config(
+        tmp_path / "c.yaml",
+        pipeline_dict(
+            "term",
+            source_dsn,
+            target_dsn,
+            source={"snapshot_chunk_rows": 5000, "snapshot_workers": 1},
+        ),
+    )
+    log = tmp_path / "run.log"
+    engine = spawn_run(config, log)
+    try:
+        wait_for(lambda: len(chunks_copied(target_dsn, "nums")) >= 2, 120, "some chunks")
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(30) == 0, log.read_text()[-2000:]
+        assert (table_state(target_dsn, "nums") or ("",))[0] == "copying"
+        engine = spawn_run(config, log)
+        wait_for(lambda: (table_state(target_dsn, "nums") or ("",))[0] == "done", 120, "copy")
+        execute(source_dsn, "UPDATE nums SET v = 1 WHERE id % 100 = 0")
+        wait_caught_up(source_dsn, target_dsn, "term", timeout=120)
+        engine.send_signal(signal.SIGTERM)
+        assert engine.wait(60) == 0
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+    assert_same_rows(source_dsn, target_dsn, "nums")
+    assert "stopped during the snapshot" in log.read_text()

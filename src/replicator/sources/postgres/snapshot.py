@@ -44,6 +44,7 @@ TEXT = COPY_POSTGRES_TEXT
 
 _FIRST_USER_OID = 16384  # FirstNormalObjectId: below it, every type is built in
 _ROWS_PER_PAGE_GUESS = 60  # when the table was never analysed
+_TID_RANGE_SCAN = 140000  # PostgreSQL 14 scans a ctid range directly
 _COUNT_PAGES = 4096  # up to 32 MB, a never-analysed table's rows are counted for progress
 
 
@@ -114,7 +115,8 @@ class PgSnapshotSession(SnapshotSession):
                 SELECT c.relkind, c.reltuples, c.reltoastrelid <> 0,
                        pg_relation_size(c.oid) / current_setting('block_size')::bigint,
                        (SELECT sum(greatest(p.reltuples, 0)) FROM pg_partition_tree(c.oid) t
-                        JOIN pg_class p ON p.oid = t.relid)
+                        JOIN pg_class p ON p.oid = t.relid),
+                       current_setting('server_version_num')::int
                 FROM pg_class c WHERE c.oid = %s
                 """,
                     (int(schema.source_id),),
@@ -125,7 +127,7 @@ class PgSnapshotSession(SnapshotSession):
             raise _translate(exc, f"planning the copy of {schema.table}") from exc
         if row is None:
             raise SourceError(f"table {schema.table} no longer exists in the source")
-        kind, tuples, has_toast, pages, partition_tuples = row
+        kind, tuples, has_toast, pages, partition_tuples, version = row
         if kind == "p":
             return TablePlan([Chunk(0)], int(partition_tuples or 0), resumable_by_chunk=False)
         estimate = int(tuples) if tuples >= 0 else None
@@ -134,6 +136,8 @@ class PgSnapshotSession(SnapshotSession):
         rows = estimate if estimate is not None else pages * _ROWS_PER_PAGE_GUESS
         resumable = bool(schema.key) and not has_toast
         count = max(1, min(math.ceil(rows / chunk_rows), pages))
+        if version < _TID_RANGE_SCAN:
+            count = 1  # without TID range scans every chunk would read the whole table
         if count == 1:
             return TablePlan([Chunk(0)], estimate, resumable_by_chunk=resumable)
         bounds = [pages * i // count for i in range(count)]
