@@ -237,3 +237,51 @@ def run_cli(
         env={**os.environ, **(env or {})},
         check=False,
     )
+
+
+def _bookkeeping(target_dsn: str, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """Rows of a query on the target's snapshot bookkeeping; none before it exists."""
+    try:
+        with connect(target_dsn) as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+    except psycopg.errors.UndefinedTable:
+        return []
+
+
+def snapshot_states(target_dsn: str, pipeline: str) -> dict[str, str]:
+    """Each table's snapshot state (``requested``, ``copying``, ``done``) by ``schema.table``."""
+    rows = _bookkeeping(
+        target_dsn,
+        "SELECT schema_name || '.' || table_name, state FROM _replicator.snapshot_tables"
+        " WHERE pipeline = %s",
+        (pipeline,),
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+def snapshot_done(target_dsn: str, pipeline: str, count: int) -> bool:
+    """Whether at least ``count`` tables have snapshot state and all of it is ``done``."""
+    states = snapshot_states(target_dsn, pipeline)
+    return len(states) >= count and all(s == "done" for s in states.values())
+
+
+def table_state(target_dsn: str, table: str) -> tuple[str, str | None, str | None]:
+    """(state, start lsn, until lsn) of a table's snapshot; state "" when it has none."""
+    rows = _bookkeeping(
+        target_dsn,
+        "SELECT state, start_position->>'lsn', until_position->>'lsn'"
+        " FROM _replicator.snapshot_tables WHERE table_name = %s",
+        (table,),
+    )
+    return (rows[0][0], rows[0][1], rows[0][2]) if rows else ("", None, None)
+
+
+def chunks_copied(target_dsn: str, table: str | None = None) -> list[str]:
+    """Snapshot positions of the chunks committed so far (of one table, or of all)."""
+    rows = _bookkeeping(
+        target_dsn,
+        "SELECT position->>'lsn' FROM _replicator.snapshot_chunks"
+        " WHERE position IS NOT NULL AND (%s::text IS NULL OR table_name = %s)",
+        (table, table),
+    )
+    return [r[0] for r in rows]

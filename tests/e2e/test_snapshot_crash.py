@@ -9,44 +9,18 @@ from pathlib import Path
 
 from tests.support import (
     assert_same_rows,
+    chunks_copied,
     connect,
     execute,
     pipeline_dict,
     run_cli,
     spawn_run,
     table_rows,
+    table_state,
     wait_caught_up,
     wait_for,
     write_config,
 )
-
-
-def chunks_copied(target_dsn: str, table: str) -> list[str]:
-    """Snapshot positions of the table's chunks committed so far."""
-    try:
-        with connect(target_dsn) as conn:
-            rows = conn.execute(
-                "SELECT position->>'lsn' FROM _replicator.snapshot_chunks"
-                " WHERE table_name = %s AND position IS NOT NULL",
-                (table,),
-            ).fetchall()
-    except Exception:  # noqa: BLE001 - bookkeeping not created yet
-        return []
-    return [r[0] for r in rows]
-
-
-def table_state(target_dsn: str, table: str) -> tuple[str, str | None, str | None] | None:
-    """(state, start lsn, until lsn) of a table's snapshot."""
-    try:
-        with connect(target_dsn) as conn:
-            row = conn.execute(
-                "SELECT state, start_position->>'lsn', until_position->>'lsn'"
-                " FROM _replicator.snapshot_tables WHERE table_name = %s",
-                (table,),
-            ).fetchone()
-    except Exception:  # noqa: BLE001 - bookkeeping not created yet
-        return None
-    return (row[0], row[1], row[2]) if row else None
 
 
 class Writer:
@@ -119,8 +93,8 @@ def test_sigkill_mid_snapshot_resumes_without_recopying(source_dsn, target_dsn, 
             engine = spawn_run(config, log)
             wait_for(
                 lambda: (
-                    (table_state(target_dsn, "nums") or ("",))[0] == "done"
-                    and (table_state(target_dsn, "notes") or ("",))[0] == "done"
+                    table_state(target_dsn, "nums")[0] == "done"
+                    and table_state(target_dsn, "notes")[0] == "done"
                 ),
                 180,
                 "the resumed snapshot",
@@ -140,7 +114,7 @@ def test_sigkill_mid_snapshot_resumes_without_recopying(source_dsn, target_dsn, 
     assert_same_rows(source_dsn, target_dsn, "nums", "notes")
     # The chunks copied before the kill were kept: the table's stream starts at their
     # (earlier) snapshot, while the rest was copied at a later one.
-    state, start, until = table_state(target_dsn, "nums") or ("", None, None)
+    state, start, until = table_state(target_dsn, "nums")
     assert start == min(kept) and until is not None and until > start
     text = log.read_text()
     assert "resuming the copy" in text and "Traceback" not in text
@@ -162,8 +136,8 @@ def test_resync_replaces_the_rows_while_streaming_continues(source_dsn, target_d
     try:
         wait_for(
             lambda: (
-                (table_state(target_dsn, "notes") or ("",))[0] == "done"
-                and (table_state(target_dsn, "nums") or ("",))[0] == "done"
+                table_state(target_dsn, "notes")[0] == "done"
+                and table_state(target_dsn, "nums")[0] == "done"
             ),
             120,
             "the first copy",
@@ -230,9 +204,9 @@ def test_sigterm_mid_snapshot_exits_cleanly_and_the_next_run_finishes(
         wait_for(lambda: len(chunks_copied(target_dsn, "nums")) >= 2, 120, "some chunks")
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(30) == 0, log.read_text()[-2000:]
-        assert (table_state(target_dsn, "nums") or ("",))[0] == "copying"
+        assert table_state(target_dsn, "nums")[0] == "copying"
         engine = spawn_run(config, log)
-        wait_for(lambda: (table_state(target_dsn, "nums") or ("",))[0] == "done", 120, "copy")
+        wait_for(lambda: table_state(target_dsn, "nums")[0] == "done", 120, "copy")
         execute(source_dsn, "UPDATE nums SET v = 1 WHERE id % 100 = 0")
         wait_caught_up(source_dsn, target_dsn, "term", timeout=120)
         engine.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ import random
 import threading
 import time
 
-import psycopg
 import pytest
 
 from tests.support import (
@@ -15,31 +14,13 @@ from tests.support import (
     connect,
     execute,
     pipeline_config,
+    snapshot_done,
+    snapshot_states,
     table_rows,
     wait_caught_up,
     wait_for,
 )
 from tests.workload import TABLES, Workload
-
-
-def snapshot_states(target_dsn: str, pipeline: str) -> dict[str, str]:
-    """Each table's snapshot state in the target's bookkeeping (empty before it exists)."""
-    try:
-        with connect(target_dsn) as conn:
-            rows = conn.execute(
-                "SELECT schema_name || '.' || table_name, state FROM _replicator.snapshot_tables"
-                " WHERE pipeline = %s",
-                (pipeline,),
-            ).fetchall()
-    except psycopg.errors.UndefinedTable:
-        return {}
-    return dict(rows)
-
-
-def snapshot_done(target_dsn: str, pipeline: str, count: int) -> bool:
-    """Whether ``count`` tables are copied."""
-    states = snapshot_states(target_dsn, pipeline)
-    return len(states) >= count and all(s == "done" for s in states.values())
 
 
 @pytest.fixture
