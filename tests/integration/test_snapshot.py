@@ -142,3 +142,22 @@ def test_a_resync_asked_for_during_a_copy_is_not_lost(running, source_dsn, targe
     execute(source_dsn, "UPDATE big SET v = -v WHERE id % 1000 = 0")
     wait_caught_up(source_dsn, target_dsn, "twice")
     assert_same_rows(source_dsn, target_dsn, "big")
+
+
+def test_a_new_table_without_replica_identity_is_left_out_until_fixed(
+    running, source_dsn, target_dsn
+):
+    """Publishing it would make the source reject its updates: it waits for the fix instead."""
+    execute(source_dsn, "CREATE TABLE a (id int PRIMARY KEY)")
+    config = pipeline_config("keyless", source_dsn, target_dsn, source={"discover_interval_s": 0.3})
+    running.append(RunningPipeline(config))
+    wait_for(lambda: snapshot_done(target_dsn, "keyless", 1), 60, "the first snapshot")
+    execute(source_dsn, "CREATE TABLE loose (v int)", "INSERT INTO loose VALUES (1), (1), (2)")
+    time.sleep(1.5)  # several discovery rounds
+    execute(source_dsn, "UPDATE loose SET v = 3 WHERE v = 2")  # still allowed on the source
+    assert "public.loose" not in snapshot_states(target_dsn, "keyless")
+    execute(source_dsn, "ALTER TABLE loose REPLICA IDENTITY FULL")
+    wait_for(lambda: snapshot_done(target_dsn, "keyless", 2), 60, "the fixed table's copy")
+    execute(source_dsn, "DELETE FROM loose WHERE v = 1")
+    wait_caught_up(source_dsn, target_dsn, "keyless")
+    assert_same_rows(source_dsn, target_dsn, "loose")

@@ -223,6 +223,20 @@ def _check_replica_identity(
     return problems
 
 
+def publish_problems(conn: psycopg.Connection[Any], table: catalog.SourceTable) -> list[Problem]:
+    """Why ``table`` cannot be added to the publication now (empty when it can)."""
+    problems = _check_replica_identity(conn, [table])
+    if not table.owned:
+        problems.append(
+            _error(
+                f"only a table's owner can add it to a publication, and this role does not own "
+                f"{table.table.quoted}",
+                "make this role the table's owner, then restart the pipeline",
+            )
+        )
+    return problems
+
+
 def _check_publication(
     conn: psycopg.Connection[Any], publication: str, tables: list[catalog.SourceTable]
 ) -> list[Problem]:

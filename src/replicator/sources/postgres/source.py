@@ -53,6 +53,7 @@ class PostgresSource(Source):
         self._encoding = "utf-8"
         self._types: dict[int, PgType] = {}
         self._exported: PgSnapshotSession | None = None
+        self._unpublishable: set[TableId] = set()
 
     # --- connections ----------------------------------------------------------------------
 
@@ -103,8 +104,29 @@ class PostgresSource(Source):
         tables = catalog.match_tables(conn, self._config.tables)
         if not tables:
             raise PreflightError([f"no table in the source matches {self._config.tables}"])
+        published = catalog.publication_tables(conn, self._publication) or set()
+        tables = [t for t in tables if t.oid in published or self._may_publish(conn, t)]
         added = catalog.ensure_publication(conn, self._publication, tables)
         return [t.table for t in tables], [t.table for t in added]
+
+    def _may_publish(self, conn: psycopg.Connection[Any], table: catalog.SourceTable) -> bool:
+        """Whether a newly matched table can join the publication without harm.
+
+        At start the preflight refuses such tables; a table created while the pipeline runs
+        is left out instead, with the fix: publishing a table without a replica identity
+        would make PostgreSQL reject its UPDATEs and DELETEs on the source.
+        """
+        problems = preflight.publish_problems(conn, table)
+        if problems and table.table not in self._unpublishable:
+            self._unpublishable.add(table.table)
+            for problem in problems:
+                self._log.warning(
+                    "not capturing a new table",
+                    table=str(table.table),
+                    problem=problem.message,
+                    fix=problem.fix,
+                )
+        return not problems
 
     def describe(self, tables: list[TableId]) -> dict[TableId, TableSchema]:
         """Definitions of the captured ones among ``tables``, as the stream will describe them."""
