@@ -242,7 +242,7 @@ def _status_of(p: PipelineConfig) -> dict[str, Any]:
     phase = recorded.get("phase") or ("not started" if checkpoint is None else "stopped")
     # While copying, the slot is not streamed yet: the recorded heartbeat says it runs.
     running = bool(slot.get("slot_active")) or (
-        phase in ("starting", "snapshotting") and (recorded.get("heartbeat_age_s") or 99) < 30
+        phase in ("starting", "snapshotting") and _recent(recorded.get("heartbeat_age_s"), 30)
     )
     if phase == "streaming" and not running:
         phase = "not running (it stopped without a clean shutdown)"
@@ -445,16 +445,24 @@ def _wait_for_copies(
         if all(s.state == "done" for s in states.values()):
             typer.echo(f"pipeline {pipeline}: re-copy done")
             return
-        alive = (
-            recorded.get("phase") in ("starting", "streaming", "snapshotting")
-            and (recorded.get("heartbeat_age_s") or 0) < 60
+        alive = recorded.get("phase") in ("starting", "streaming", "snapshotting") and _recent(
+            recorded.get("heartbeat_age_s"), 60
         )
         if not alive:
             typer.echo(f"pipeline {pipeline} is not running: the copy starts when it next starts")
             return
         if time.monotonic() > deadline:
-            raise typer.Exit(1)
+            raise _fail(
+                f"gave up waiting after {timeout:.0f} s; the pipeline goes on copying (follow it "
+                "with replicator status)",
+                1,
+            )
         time.sleep(1.0)
+
+
+def _recent(age_seconds: Any, limit: float) -> bool:
+    """Whether a recorded heartbeat age (None when unknown) is under ``limit`` seconds."""
+    return age_seconds is not None and float(age_seconds) < limit
 
 
 def main() -> None:
