@@ -152,7 +152,6 @@ class PgSnapshotWriter(SnapshotWriter):
                     self._pipeline, schema.table, chunk, position, rows
                 )
             )
-        progress(rows)
         return rows
 
     def _upsert(
