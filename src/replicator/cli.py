@@ -6,7 +6,6 @@ User errors print ``Error: <what> / Fix: <how>`` on stderr, never a traceback.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import signal
@@ -404,9 +403,7 @@ def snapshot(
         store = make_checkpoint_store(p)
         try:
             captured = store.captured_tables(p.name)
-            chosen = sorted(
-                {t for t in captured for pattern in tables if _matches(t, pattern)}, key=str
-            )
+            chosen = sorted({t for t in captured if any(t.matches(p) for p in tables)}, key=str)
             if not chosen:
                 known = ", ".join(str(t) for t in sorted(captured, key=str)) or "none yet"
                 raise ConfigError(
@@ -420,13 +417,6 @@ def snapshot(
                 _wait_for_copies(store, p.name, set(chosen), timeout)
         finally:
             store.close()
-
-
-def _matches(table: TableId, pattern: str) -> bool:
-    schema, _, name = pattern.partition(".")
-    return fnmatch.fnmatchcase(table.schema, schema) and fnmatch.fnmatchcase(
-        table.name, name or "*"
-    )
 
 
 def _wait_for_copies(

@@ -15,6 +15,7 @@ kept as the source's exact text).
 from __future__ import annotations
 
 import enum
+import fnmatch
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,6 +141,14 @@ class TableId:
     def quoted(self) -> str:
         """The name as a safely quoted SQL identifier pair."""
         return f"{quote_ident(self.schema)}.{quote_ident(self.name)}"
+
+    def matches(self, pattern: str) -> bool:
+        """Whether a ``schema.table`` glob (``sales.*``) selects this table; case-sensitive,
+        and a pattern without a dot selects every table of that schema."""
+        schema, _, name = pattern.partition(".")
+        return fnmatch.fnmatchcase(self.schema, schema) and fnmatch.fnmatchcase(
+            self.name, name or "*"
+        )
 
 
 def quote_ident(name: str) -> str:

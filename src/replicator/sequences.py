@@ -25,7 +25,6 @@ its fix and the others still run; a lost connection raises, so a periodic caller
 from __future__ import annotations
 
 import enum
-import fnmatch
 import functools
 from dataclasses import dataclass
 from typing import Any
@@ -256,16 +255,12 @@ class SequenceSync:
             """,
             {"tables": tables, "system": list(_SYSTEM_SCHEMAS)},
         ).fetchall()
-        # The same glob semantics as catalog.match_tables.
-        split = [tuple(p.split(".", 1)) for p in patterns]
         chosen = []
         for r in rows:
             owner = TableId(r[10], r[11]) if r[10] is not None else None
             # A sequence owned by a table the pipeline does not capture belongs to that table,
             # even when its own name happens to match a pattern.
-            standalone = owner is None and any(
-                fnmatch.fnmatchcase(r[1], s) and fnmatch.fnmatchcase(r[2], t) for s, t in split
-            )
+            standalone = owner is None and any(TableId(r[1], r[2]).matches(p) for p in patterns)
             if not (r[13] or standalone):
                 continue
             chosen.append(

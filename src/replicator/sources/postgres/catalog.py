@@ -6,7 +6,6 @@ cannot run catalog queries.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,8 +69,7 @@ def match_tables(conn: psycopg.Connection[Any], patterns: list[str]) -> list[Sou
         """,
         (list(_SYSTEM_SCHEMAS),),
     ).fetchall()
-    split = [tuple(p.split(".", 1)) for p in patterns]
-    matched = [r for r in rows if any(_glob(r[1], s) and _glob(r[2], t) for s, t in split)]
+    matched = [r for r in rows if any(TableId(r[1], r[2]).matches(p) for p in patterns)]
     matched_oids = {r[0] for r in matched}
     return [
         SourceTable(
@@ -85,10 +83,6 @@ def match_tables(conn: psycopg.Connection[Any], patterns: list[str]) -> list[Sou
         for r in matched
         if not (r[7] and r[8] in matched_oids)
     ]
-
-
-def _glob(name: str, pattern: str) -> bool:
-    return fnmatch.fnmatchcase(name, pattern)
 
 
 def build_table_schema(conn: psycopg.Connection[Any], relation: pgoutput.Relation) -> TableSchema:
