@@ -80,11 +80,7 @@ def request(
     so readers never see the table half-copied.
     """
     for table in tables:
-        conn.execute(
-            f"DELETE FROM {SCHEMA}.snapshot_chunks"
-            " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-            _key(pipeline, table),
-        )
+        _drop_plan(conn, pipeline, table)
         conn.execute(
             f"""
             INSERT INTO {SCHEMA}.snapshot_tables AS s
@@ -124,11 +120,7 @@ def save_plan(
     requested_at: datetime | None,
 ) -> None:
     """Replace the table's chunk plan and mark it ``copying`` (caller's transaction)."""
-    conn.execute(
-        f"DELETE FROM {SCHEMA}.snapshot_chunks"
-        " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-        _key(pipeline, table),
-    )
+    _drop_plan(conn, pipeline, table)
     with conn.cursor() as cur:
         cur.executemany(
             f"INSERT INTO {SCHEMA}.snapshot_chunks"
@@ -192,11 +184,7 @@ def finish(
         ),
     ).rowcount
     if done:
-        conn.execute(
-            f"DELETE FROM {SCHEMA}.snapshot_chunks"
-            " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
-            _key(pipeline, table),
-        )
+        _drop_plan(conn, pipeline, table)
     return bool(done)
 
 
@@ -210,12 +198,15 @@ def record_progress(conn: psycopg.Connection[Any], pipeline: str, rows: dict[Tab
         )
 
 
-def forget(conn: psycopg.Connection[Any], pipeline: str, table: TableId | None = None) -> None:
-    """Remove snapshot state of one table, or of the whole pipeline."""
-    where = "pipeline = %s"
-    params: tuple[str, ...] = (pipeline,)
-    if table is not None:
-        where += " AND schema_name = %s AND table_name = %s"
-        params = _key(pipeline, table)
-    conn.execute(f"DELETE FROM {SCHEMA}.snapshot_chunks WHERE {where}", params)
-    conn.execute(f"DELETE FROM {SCHEMA}.snapshot_tables WHERE {where}", params)
+def forget(conn: psycopg.Connection[Any], pipeline: str) -> None:
+    """Remove the pipeline's snapshot state."""
+    conn.execute(f"DELETE FROM {SCHEMA}.snapshot_chunks WHERE pipeline = %s", (pipeline,))
+    conn.execute(f"DELETE FROM {SCHEMA}.snapshot_tables WHERE pipeline = %s", (pipeline,))
+
+
+def _drop_plan(conn: psycopg.Connection[Any], pipeline: str, table: TableId) -> None:
+    conn.execute(
+        f"DELETE FROM {SCHEMA}.snapshot_chunks"
+        " WHERE pipeline = %s AND schema_name = %s AND table_name = %s",
+        _key(pipeline, table),
+    )
