@@ -22,7 +22,7 @@ from psycopg import sql
 from replicator.checkpoints.postgres import checkpoint_statement, known_tables, remember_table
 from replicator.config import PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
-from replicator.errors import SchemaMismatchError, SinkConnectionError, SinkError
+from replicator.errors import SchemaMismatchError, SinkError
 from replicator.events import (
     ChangeEvent,
     Position,
@@ -31,20 +31,11 @@ from replicator.events import (
     quote_ident,
 )
 from replicator.observability.logging import get_logger
-from replicator.observability.redaction import redact
-from replicator.pgsession import IDENTITY_QUERY, connection_lost, connection_string
+from replicator.pgsession import IDENTITY_QUERY
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier
+from replicator.sinks.postgres.session import connect, translate
 from replicator.sinks.postgres.snapshot_writer import PgSnapshotWriter
-
-# A COMMIT that returned must be durable before the source is acknowledged. A chunked source
-# transaction keeps its target transaction open (and idle) while the source decodes the rest,
-# and a bulk upsert can legitimately run long: role-level timeouts must not cut either short.
-_SINK_SETTINGS = {
-    "synchronous_commit": "on",
-    "statement_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-}
 
 
 class PostgresSink(Sink):
@@ -54,8 +45,6 @@ class PostgresSink(Sink):
 
     def __init__(self, pipeline: PipelineConfig) -> None:
         self._pipeline = pipeline
-        self._dsn = pipeline.sink.dsn
-        self._app = f"replicator:{pipeline.name}"[:63]
         self._conn: psycopg.Connection[Any] | None = None
         self._appliers: dict[TableId, Applier] = {}
         self._schemas: dict[TableId, TableSchema] = {}
@@ -66,15 +55,8 @@ class PostgresSink(Sink):
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(
-                    connection_string(self._dsn.secret(), self._app, settings=_SINK_SETTINGS)
-                )
-            except psycopg.Error as exc:
-                raise SinkConnectionError(
-                    f"cannot connect to the target database: {redact(str(exc).strip())}",
-                    fix="check the sink DSN (host, port, database, user, password)",
-                ) from exc
+            # A COMMIT that returned must be durable before the source is acknowledged.
+            self._conn = connect(self._pipeline, synchronous_commit=True)
             # Staging tables and cached appliers belong to the old session.
             self._appliers.clear()
             self._in_transaction = False
@@ -94,7 +76,7 @@ class PostgresSink(Sink):
             ).fetchone()
             conn.rollback()
         except psycopg.Error as exc:
-            raise _translate(exc, "checking the target") from exc
+            raise translate(exc, "checking the target") from exc
         assert row is not None
         in_recovery, can_create, user, database, has_schema = row
         if in_recovery:
@@ -124,7 +106,7 @@ class PostgresSink(Sink):
             if not self._in_transaction:
                 conn.rollback()
         except psycopg.Error as exc:
-            raise _translate(exc, "identifying the target") from exc
+            raise translate(exc, "identifying the target") from exc
         return str(row[0]) if row else None
 
     def ensure_table(self, schema: TableSchema, replacing: bool = False) -> None:
@@ -151,7 +133,7 @@ class PostgresSink(Sink):
                 conn.commit()
         except psycopg.Error as exc:
             self._abort()
-            raise _translate(exc, f"preparing target table {schema.table}") from exc
+            raise translate(exc, f"preparing target table {schema.table}") from exc
         except SchemaMismatchError:
             if not self._in_transaction:
                 conn.rollback()
@@ -212,7 +194,7 @@ class PostgresSink(Sink):
                 try:
                     stats = applier.apply(conn, events, deferred)
                 except psycopg.Error as exc:
-                    raise _translate(exc, f"applying changes to {table}", events) from exc
+                    raise translate(exc, f"applying changes to {table}", events) from exc
                 _add(self._open_stats, stats)
             self._open_transactions += batch.transactions
             if batch.commit is not None:
@@ -235,13 +217,13 @@ class PostgresSink(Sink):
                         if table_name
                         else ("changes")
                     )
-                    raise _translate(exc, f"applying {where}", batch.events) from exc
+                    raise translate(exc, f"applying {where}", batch.events) from exc
             if batch.commit is None:
                 return None
             conn.commit()
         except psycopg.Error as exc:
             self._abort()
-            raise _translate(exc, "committing") from exc
+            raise translate(exc, "committing") from exc
         except BaseException:
             self._abort()
             raise
@@ -307,15 +289,3 @@ def _add(total: ApplyStats, part: ApplyStats) -> None:
     total.updated += part.updated
     total.deleted += part.deleted
     total.truncated += part.truncated
-
-
-def _translate(
-    exc: psycopg.Error, doing: str, events: Sequence[ChangeEvent] | None = None
-) -> SinkError:
-    message = redact(str(exc).strip())
-    if connection_lost(exc):
-        return SinkConnectionError(f"lost the connection to the target while {doing}: {message}")
-    where = ""
-    if events:
-        where = f" (source positions {events[0].position} to {events[-1].position})"
-    return SinkError(f"{doing} failed{where}: {message}")

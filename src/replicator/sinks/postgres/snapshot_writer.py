@@ -30,16 +30,9 @@ from replicator.contracts import (
     SnapshotWriter,
     TablePlan,
 )
-from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId, TableSchema
-from replicator.observability.redaction import redact
-from replicator.pgsession import connection_lost, connection_string
+from replicator.sinks.postgres.session import connect, translate
 
-_SETTINGS = {
-    "synchronous_commit": "off",
-    "statement_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-}
 _WRITE_SIZE = 256 * 1024  # bytes handed to libpq per write
 _PROGRESS_EVERY = 10_000  # rows between progress callbacks
 
@@ -51,17 +44,7 @@ class PgSnapshotWriter(SnapshotWriter):
 
     def __init__(self, pipeline: PipelineConfig) -> None:
         self._pipeline = pipeline.name
-        try:
-            self._conn = psycopg.connect(
-                connection_string(
-                    pipeline.sink.dsn.secret(), f"replicator:{pipeline.name}"[:63], _SETTINGS
-                )
-            )
-        except psycopg.Error as exc:
-            raise SinkConnectionError(
-                f"cannot connect to the target database: {redact(str(exc).strip())}",
-                fix="check the sink DSN (host, port, database, user, password)",
-            ) from exc
+        self._conn = connect(pipeline, synchronous_commit=False)
 
     def chunks(self, table: TableId) -> list[ChunkState]:
         """The table's stored chunk plan."""
@@ -240,19 +223,12 @@ class _Transaction:
         try:
             self._tx.__exit__(kind, exc, tb)
         except psycopg.Error as failure:
-            raise _translate(failure, self._doing) from failure
+            raise translate(failure, self._doing) from failure
         if isinstance(exc, psycopg.Error):
-            raise _translate(exc, self._doing) from exc
+            raise translate(exc, self._doing) from exc
 
 
 def _target(table: TableId, shadow: str | None) -> sql.Composable:
     if shadow is not None:
         return sql.Identifier(snapshot_state.SCHEMA, shadow)
     return sql.Identifier(table.schema, table.name)
-
-
-def _translate(exc: psycopg.Error, doing: str) -> SinkError:
-    message = redact(str(exc).strip())
-    if connection_lost(exc):
-        return SinkConnectionError(f"lost the connection to the target while {doing}: {message}")
-    return SinkError(f"{doing} failed: {message}")
