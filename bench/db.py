@@ -229,31 +229,25 @@ def run_pgbench(dsn: str, duration: int, clients: int, jobs: int) -> PgbenchResu
 
 def copy_schema(source_dsn: str, target_dsn: str, workdir: Path, name: str) -> None:
     """Create the source's tables (schema only) in the target, as native LR requires."""
-    dump = workdir / f"schema-{name}.sql"
-    run_client(
-        "pg_dump",
-        "--schema-only",
-        "--no-owner",
-        "--no-publications",
-        "--no-subscriptions",
-        f"--file={dump}",
-        f"--dbname={source_dsn}",
-    )
-    run_client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", f"--file={dump}", target_dsn)
+    _dump_and_load(source_dsn, target_dsn, workdir / f"schema-{name}.sql", "--schema-only")
 
 
 def copy_data(source_dsn: str, target_dsn: str, workdir: Path, name: str) -> None:
     """Copy every row of the source into the target's existing tables (pg_dump, data only)."""
-    dump = workdir / f"data-{name}.sql"
+    tables = [f"--table=public.{table}" for table in TABLES]
+    _dump_and_load(source_dsn, target_dsn, workdir / f"data-{name}.sql", "--data-only", *tables)
+
+
+def _dump_and_load(source_dsn: str, target_dsn: str, dump: Path, *options: str) -> None:
+    """pg_dump the source with ``options`` into ``dump``, then replay it into the target."""
     run_client(
         "pg_dump",
-        "--data-only",
+        *options,
         "--no-owner",
         "--no-publications",
         "--no-subscriptions",
         f"--file={dump}",
         f"--dbname={source_dsn}",
-        *(f"--table=public.{table}" for table in TABLES),
     )
     run_client("psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", f"--file={dump}", target_dsn)
     dump.unlink(missing_ok=True)
