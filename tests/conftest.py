@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.mariadb import MariaDbFactory, MariaDbServer, MysqlDatabase
+from tests.mariadb import SettingValue as MariaDbSetting
 from tests.pgcluster import ClusterFactory, PgCluster, SettingValue
 
 
@@ -73,3 +75,62 @@ def _fresh_database(cluster: PgCluster, request: pytest.FixtureRequest) -> Itera
     # A test may leave the shared server stopped or crashed; the next test needs it up.
     cluster.start()
     cluster.drop_database(name)
+
+
+# -- MariaDB -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mariadb_factory() -> Iterator[MariaDbFactory]:
+    """Make dedicated MariaDB servers with special settings; all are destroyed at session end.
+
+    For tests that need e.g. `log_bin=None`, or a server they may restart or kill without
+    disturbing the shared one.
+    """
+    servers: list[MariaDbServer] = []
+
+    def create(name: str, /, **settings: MariaDbSetting | None) -> MariaDbServer:
+        server = MariaDbServer.create(name, **settings)
+        servers.append(server)
+        return server
+
+    yield create
+    for server in servers:
+        server.destroy()
+
+
+@pytest.fixture(scope="session")
+def mariadb_server() -> Iterator[MariaDbServer]:
+    """The session's MariaDB server (ROW binary log with full images and metadata)."""
+    server = MariaDbServer.create("mysql_source")
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def _mariadb_repl_password(mariadb_server: MariaDbServer) -> str:
+    """Password of `repl`, allowed everything on the session's MariaDB server."""
+    password = secrets.token_urlsafe(12)
+    mariadb_server.create_user("repl", password)
+    return password
+
+
+@pytest.fixture
+def mysql_database(
+    mariadb_server: MariaDbServer, _mariadb_repl_password: str, request: pytest.FixtureRequest
+) -> Iterator[MysqlDatabase]:
+    """A fresh, empty database on the MariaDB server, with a DSN for `repl`; dropped after."""
+    name = _fresh_database_name(request)
+    mariadb_server.create_database(name)
+    yield MysqlDatabase(
+        name, mariadb_server, mariadb_server.dsn("repl", _mariadb_repl_password, name)
+    )
+    # A test may leave the shared server stopped or crashed; the next test needs it up.
+    mariadb_server.start()
+    mariadb_server.drop_database(name)
+
+
+def _fresh_database_name(request: pytest.FixtureRequest) -> str:
+    # As in _fresh_database; MariaDB allows 64 characters.
+    stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:45]
+    return f"t_{stem}_{secrets.token_hex(4)}"
