@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import yaml
 from pydantic import (
@@ -32,16 +34,18 @@ _PIPELINE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _TABLE_PATTERN = re.compile(r"^[^.\s]+\.[^.\s]+$")
 # PostgreSQL identifiers hold 63 bytes; "replicator_" takes 11 of them.
 MAX_PIPELINE_NAME = 52
+# Derived MySQL server ids fall in [1e9, 2e9): clear of the small ids servers usually get.
+_DERIVED_SERVER_IDS = 1_000_000_000
 
 
-class Dsn:
+class _Secret:
     """A connection string whose password never appears in ``str``, ``repr`` or errors."""
 
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
         self._value = value
-        for secret in _dsn_passwords(value):
+        for secret in self._passwords(value):
             register_secret(secret)
 
     def secret(self) -> str:
@@ -52,10 +56,10 @@ class Dsn:
         return redact(self._value)
 
     def __repr__(self) -> str:
-        return f"Dsn({str(self)!r})"
+        return f"{type(self).__name__}({str(self)!r})"
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Dsn) and other._value == self._value
+        return type(other) is type(self) and self._value == other._value
 
     def __hash__(self) -> int:
         return hash(self._value)
@@ -71,6 +75,20 @@ class Dsn:
         )
 
     @classmethod
+    def _validate(cls, value: str) -> _Secret:
+        raise NotImplementedError
+
+    @staticmethod
+    def _passwords(value: str) -> Iterator[str]:
+        raise NotImplementedError
+
+
+class Dsn(_Secret):
+    """A libpq connection string (URI or ``key=value`` pairs)."""
+
+    __slots__ = ()
+
+    @classmethod
     def _validate(cls, value: str) -> Dsn:
         from psycopg.conninfo import conninfo_to_dict
 
@@ -84,27 +102,97 @@ class Dsn:
             ) from None
         return dsn
 
+    @staticmethod
+    def _passwords(value: str) -> Iterator[str]:
+        try:
+            from psycopg.conninfo import conninfo_to_dict
 
-def _dsn_passwords(value: str) -> Iterator[str]:
-    try:
-        from psycopg.conninfo import conninfo_to_dict
+            password = conninfo_to_dict(value).get("password")
+        except Exception:
+            return
+        if password:
+            yield str(password)
 
-        password = conninfo_to_dict(value).get("password")
-    except Exception:
-        return
-    if password:
-        yield str(password)
+
+_MYSQL_SCHEMES = ("mysql", "mariadb")
+# URI query parameters passed on to PyMySQL, with their types.
+_MYSQL_PARAMS: dict[str, type] = {
+    "ssl_ca": str,
+    "ssl_cert": str,
+    "ssl_key": str,
+    "ssl_verify_cert": bool,
+    "ssl_verify_identity": bool,
+    "ssl_disabled": bool,
+    "unix_socket": str,
+    "connect_timeout": float,
+}
+
+
+class MysqlDsn(_Secret):
+    """A MySQL or MariaDB URI: ``mysql://USER:PASSWORD@HOST:3306/`` (``?ssl_ca=…`` etc.)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def _validate(cls, value: str) -> MysqlDsn:
+        dsn = cls(value)
+        try:
+            dsn.connect_args()
+        except ValueError as exc:
+            raise ValueError(
+                f"not a valid MySQL connection URI ({exc}); use a URI like "
+                "mysql://USER@HOST:3306/ (a password goes after USER and a colon)"
+            ) from None
+        return dsn
+
+    @staticmethod
+    def _passwords(value: str) -> Iterator[str]:
+        try:
+            password = urlsplit(value).password
+        except ValueError:
+            return
+        if password:
+            yield unquote(password)
+
+    def connect_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``pymysql.connect`` (password included)."""
+        parts = urlsplit(self._value)
+        if parts.scheme not in _MYSQL_SCHEMES:
+            raise ValueError(f"the scheme must be mysql:// or mariadb://, not {parts.scheme!r}")
+        args: dict[str, Any] = {
+            "host": unquote(parts.hostname or "127.0.0.1"),
+            "port": parts.port or 3306,  # raises ValueError for a bad port
+            "user": unquote(parts.username or ""),
+            "password": unquote(parts.password or ""),
+        }
+        if not args["user"]:
+            raise ValueError("the URI names no user")
+        database = unquote(parts.path.lstrip("/"))
+        if database:
+            args["database"] = database
+        for name, raw in parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False):
+            kind = _MYSQL_PARAMS.get(name)
+            if kind is None:
+                known = ", ".join(sorted(_MYSQL_PARAMS))
+                raise ValueError(f"unknown parameter {name!r} (known: {known})")
+            if kind is bool:
+                if raw.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(f"{name} takes true or false")
+                args[name] = raw.lower() in ("true", "1")
+            elif kind is float:
+                args[name] = float(raw)
+            else:
+                args[name] = raw
+        return args
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True, frozen=True)
 
 
-class PostgresSourceConfig(_Model):
-    """A PostgreSQL database read through logical replication (pgoutput)."""
+class _SourceConfig(_Model):
+    """What every source shares: the tables it captures and how existing rows are copied."""
 
-    type: Literal["postgres"]
-    dsn: Dsn
     tables: Annotated[list[str], Field(min_length=1)]
     snapshot: Literal["initial", "never"] = "initial"
     # None: half this machine's cores, at most 4 (measured on 2 cores with both servers on
@@ -112,20 +200,16 @@ class PostgresSourceConfig(_Model):
     snapshot_workers: Annotated[int, Field(ge=1, le=64)] | None = None
     snapshot_chunk_rows: Annotated[int, Field(ge=1000)] = 250_000
     discover_interval_s: Annotated[float, Field(ge=0, le=86400)] = 10.0
-    slot: str | None = None
-    publication: str | None = None
-    status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     @field_validator("tables")
     @classmethod
     def _check_patterns(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
             if not _TABLE_PATTERN.match(pattern):
-                raise ValueError(
-                    f"table pattern {pattern!r} must be schema-qualified, like 'public.*' "
-                    "or 'sales.orders'"
-                )
+                raise ValueError(f"table pattern {pattern!r} must be {cls._qualified}")
         return patterns
+
+    _qualified: ClassVar[str] = "qualified, like 'db.*' or 'db.table'"
 
     @property
     def copy_workers(self) -> int:
@@ -134,12 +218,52 @@ class PostgresSourceConfig(_Model):
             return self.snapshot_workers
         return min(4, max(1, (os.cpu_count() or 2) // 2))
 
+
+class PostgresSourceConfig(_SourceConfig):
+    """A PostgreSQL database read through logical replication (pgoutput)."""
+
+    type: Literal["postgres"]
+    dsn: Dsn
+    slot: str | None = None
+    publication: str | None = None
+    status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    _qualified: ClassVar[str] = "schema-qualified, like 'public.*' or 'sales.orders'"
+
     @field_validator("slot", "publication")
     @classmethod
     def _check_identifier(cls, name: str | None) -> str | None:
         if name is not None and not re.fullmatch(r"[a-z0-9_]{1,63}", name):
             raise ValueError("must be 1-63 characters of a-z, 0-9 and _")
         return name
+
+
+class MysqlSourceConfig(_SourceConfig):
+    """A MySQL or MariaDB server read through its binary log (ROW format)."""
+
+    type: Literal["mysql"]
+    dsn: MysqlDsn
+    # The replica id the binlog reader announces; it must differ from the server's and from
+    # every other replica's. None: derived from the pipeline name (see PipelineConfig).
+    server_id: Annotated[int, Field(ge=1, le=4_294_967_295)] | None = None
+    # Resume by GTID set (survives a failover to another server of the same topology) or by
+    # binlog file and offset; auto uses GTIDs where the server has them.
+    position: Literal["auto", "gtid", "file"] = "auto"
+    # MySQL's zero dates ('0000-00-00', or a zero month or day) have no PostgreSQL value.
+    zero_dates: Literal["null", "error"] = "null"
+    tinyint1_as_boolean: bool = True
+    reconnect_timeout_s: Annotated[float, Field(ge=0, le=86400)] = 60.0
+
+    _qualified: ClassVar[str] = "database-qualified, like 'shop.*' or 'crm.customers'"
+
+    @field_validator("zero_dates", mode="before")
+    @classmethod
+    def _yaml_null(cls, value: Any) -> Any:
+        # `zero_dates: null` reads naturally in YAML, where null is not a string.
+        return "null" if value is None else value
+
+
+SourceConfig = Annotated[PostgresSourceConfig | MysqlSourceConfig, Field(discriminator="type")]
 
 
 class PostgresSinkConfig(_Model):
@@ -161,7 +285,7 @@ class PipelineConfig(_Model):
     """One source, its transforms and one sink, with one checkpoint."""
 
     name: str
-    source: PostgresSourceConfig
+    source: SourceConfig
     transforms: list[Any] = []
     sink: PostgresSinkConfig
     batch: BatchConfig = BatchConfig()
@@ -184,15 +308,40 @@ class PipelineConfig(_Model):
             raise ValueError("transforms are not supported yet; leave the list empty")
         return transforms
 
+    @model_validator(mode="after")
+    def _sequences_need_postgres(self) -> PipelineConfig:
+        if self.sync_sequences_interval_s and self.source.type != "postgres":
+            raise ValueError(
+                "sync_sequences_interval_s needs a postgres source (MySQL keeps AUTO_INCREMENT "
+                "counters, not sequences); remove it"
+            )
+        return self
+
     @property
     def slot_name(self) -> str:
-        """The replication slot's name."""
-        return self.source.slot or default_object_name(self.name)
+        """The replication slot's name (PostgreSQL sources)."""
+        source = self.source
+        custom = source.slot if isinstance(source, PostgresSourceConfig) else None
+        return custom or default_object_name(self.name)
 
     @property
     def publication_name(self) -> str:
-        """The publication's name."""
-        return self.source.publication or default_object_name(self.name)
+        """The publication's name (PostgreSQL sources)."""
+        source = self.source
+        custom = source.publication if isinstance(source, PostgresSourceConfig) else None
+        return custom or default_object_name(self.name)
+
+    @property
+    def server_id(self) -> int:
+        """The replica server id a MySQL source's binlog reader announces.
+
+        Unless configured, derived from the pipeline's name, so it stays the same across
+        restarts and differs between pipelines.
+        """
+        source = self.source
+        if isinstance(source, MysqlSourceConfig) and source.server_id is not None:
+            return source.server_id
+        return _DERIVED_SERVER_IDS + zlib.crc32(self.name.encode()) % _DERIVED_SERVER_IDS
 
 
 class ApiConfig(_Model):
@@ -227,11 +376,12 @@ class Config(_Model):
     def _unique_names(self) -> Config:
         seen: dict[str, str] = {}
         for pipeline in self.pipelines:
-            for kind, value in (
-                ("name", pipeline.name),
-                ("slot", pipeline.slot_name),
-                ("publication", pipeline.publication_name),
-            ):
+            names: list[tuple[str, object]] = [("name", pipeline.name)]
+            if pipeline.source.type == "postgres":
+                names += [("slot", pipeline.slot_name), ("publication", pipeline.publication_name)]
+            else:
+                names.append(("server_id", pipeline.server_id))
+            for kind, value in names:
                 key = f"{kind}:{value}"
                 if key in seen:
                     raise ValueError(
@@ -372,10 +522,21 @@ def _interpolate(
     return _ENV_REF.sub(expand, value)
 
 
+def _untagged(loc: Path_) -> Path_:
+    """Drop the union tag pydantic puts after ``source`` (``source.mysql.dsn`` → ``source.dsn``)."""
+    for i in range(len(loc) - 1):
+        if loc[i] == "source" and loc[i + 1] in _SOURCE_TYPES:
+            return loc[: i + 1] + loc[i + 2 :]
+    return loc
+
+
+_SOURCE_TYPES = ("postgres", "mysql")
+
+
 def _describe(exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
-        loc: Path_ = tuple(error["loc"])
+        loc: Path_ = _untagged(tuple(error["loc"]))
         kind = error["type"]
         # Union members show up as extra path parts (e.g. 'postgres'); drop tags for clarity.
         message = error["msg"]
@@ -387,6 +548,13 @@ def _describe(exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
             continue
         if kind == "missing":
             problems.append(f"{_at(loc, lines)}: required key is missing")
+            continue
+        if kind == "union_tag_invalid":
+            expected = error.get("ctx", {}).get("expected_tags", "")
+            problems.append(f"{_at((*loc, 'type'), lines)}: must be one of {expected}")
+            continue
+        if kind == "union_tag_not_found":
+            problems.append(f"{_at((*loc, 'type'), lines)}: required key is missing")
             continue
         if kind == "literal_error":
             expected = error.get("ctx", {}).get("expected", "")
@@ -404,6 +572,8 @@ __all__ = [
     "Config",
     "Dsn",
     "LoggingConfig",
+    "MysqlDsn",
+    "MysqlSourceConfig",
     "PipelineConfig",
     "PostgresSinkConfig",
     "PostgresSourceConfig",
