@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -98,11 +98,16 @@ COPY_POSTGRES_TEXT = "postgres-text"
 
 @dataclass(slots=True)
 class CopyStream:
-    """Rows of one chunk in a bulk format both ends understand (e.g. ``postgres-binary``)."""
+    """Rows of one chunk in a bulk format both ends understand (e.g. ``postgres-binary``).
+
+    ``position`` is where the stream joins these rows when the source took a snapshot of its
+    own for this chunk (MySQL); None means the session's position.
+    """
 
     format: str
     columns: tuple[str, ...]
     blocks: Iterator[bytes | bytearray | memoryview]
+    position: Position | None = None
 
 
 class SnapshotReader(ABC):
@@ -121,7 +126,13 @@ class SnapshotReader(ABC):
 
 class SnapshotSession(ABC):
     """A consistent view of the source at ``position``: a change the stream delivers is in
-    the view exactly when its position is before ``position``."""
+    the view exactly when its position is before ``position``.
+
+    A source may instead read each chunk at a position of its own, at or after the
+    session's (its :class:`CopyStream` says where); the table's changes are then replayed
+    from the earliest chunk's position, which only a keyed table absorbs, so such sources
+    chunk keyed tables only.
+    """
 
     position: Position
 
@@ -147,11 +158,15 @@ class Source(ABC):
         names its fix."""
 
     @abstractmethod
-    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
+    def sync_tables(
+        self, captured: Collection[TableId] = ()
+    ) -> tuple[list[TableId], list[TableId]]:
         """Bring the captured table set up to date with the configured patterns.
 
         Returns every captured table and the tables added to the capture just now (their
-        earlier rows are not in the stream and must be copied).
+        earlier rows are not in the stream and must be copied). ``captured`` lists the
+        tables the pipeline's bookkeeping in the target knows, for sources that keep no
+        record of their own (PostgreSQL has its publication).
         """
 
     @abstractmethod
@@ -203,8 +218,10 @@ class Source(ABC):
         """Release connections; safe to call more than once."""
 
     @abstractmethod
-    def status(self) -> dict[str, Any]:
-        """Source-side state for ``replicator status`` (e.g. slot position and lag)."""
+    def status(self, checkpoint: Position | None = None) -> dict[str, Any]:
+        """Source-side state for ``replicator status`` (e.g. slot position and lag, measured
+        from ``checkpoint`` where the source keeps no position of its own). ``active`` says
+        whether a pipeline is reading right now, when the source can tell."""
 
     @abstractmethod
     def drop(self) -> list[str]:

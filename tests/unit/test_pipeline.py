@@ -7,7 +7,7 @@ asked of them so the order of apply, commit and acknowledge can be checked.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import pytest
@@ -83,7 +83,9 @@ class FakeSource(Source):
     ) -> Position:
         return checkpoint or PgPosition(1)
 
-    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
+    def sync_tables(
+        self, captured: Collection[TableId] = ()
+    ) -> tuple[list[TableId], list[TableId]]:
         return [SCHEMA.table], []
 
     def describe(self, tables: list[TableId]) -> dict[TableId, TableSchema]:
@@ -105,7 +107,7 @@ class FakeSource(Source):
     def close(self) -> None:
         self.log.append("close")
 
-    def status(self) -> dict[str, Any]:
+    def status(self, checkpoint: Position | None = None) -> dict[str, Any]:
         return {}
 
     def drop(self) -> list[str]:

@@ -163,7 +163,7 @@ class Pipeline:
 
     def _sync_tables(self, new_pipeline: bool) -> None:
         """Update the captured table set; ask for a copy of tables whose rows the stream lacks."""
-        tables, added = self._source.sync_tables()
+        tables, added = self._source.sync_tables(self._store.captured_tables(self.name))
         self._last_discovery = time.monotonic()
         wanted = tables if new_pipeline else added
         if wanted and self._snapshots_enabled:

@@ -15,6 +15,10 @@ def make_source(config: PipelineConfig) -> Source:
         from replicator.sources.postgres.source import PostgresSource
 
         return PostgresSource(config)
+    if config.source.type == "mysql":
+        from replicator.sources.mysql.source import MysqlSource
+
+        return MysqlSource(config)
     raise AssertionError(f"unknown source type {config.source.type}")  # config validation
 
 

@@ -268,11 +268,12 @@ class SnapshotRound:
             table.rows_in_flight[number] = rows
 
         with reader.copy(table.schema, item.chunk, writer.formats) as stream:
+            at = stream.position or position  # the chunk's own snapshot, where it has one
             rows = writer.copy_chunk(
                 table.schema,
                 item.chunk,
                 stream,
-                position,
+                at,
                 shadow=table.shadow,
                 upsert=item.upsert,
                 progress=progress,
@@ -280,7 +281,7 @@ class SnapshotRound:
         with self._lock:
             table.rows_in_flight.pop(number, None)
             table.rows_done += rows
-            table.positions.append(position)
+            table.positions.append(at)
             table.chunks_left -= 1
             last = table.chunks_left == 0
         if last:

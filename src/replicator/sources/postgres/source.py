@@ -8,12 +8,12 @@ forwards the engine's acknowledgements to it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import psycopg
 
-from replicator.config import PipelineConfig
+from replicator.config import PipelineConfig, PostgresSourceConfig
 from replicator.contracts import Problem, Severity, Source
 from replicator.errors import (
     CheckpointMismatchError,
@@ -42,6 +42,7 @@ class PostgresSource(Source):
 
     def __init__(self, pipeline: PipelineConfig) -> None:
         self._pipeline = pipeline
+        assert isinstance(pipeline.source, PostgresSourceConfig)  # the registry's choice
         self._config = pipeline.source
         self._slot = pipeline.slot_name
         self._publication = pipeline.publication_name
@@ -98,8 +99,11 @@ class PostgresSource(Source):
                 problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
-    def sync_tables(self) -> tuple[list[TableId], list[TableId]]:
-        """Match the patterns and bring the publication up to date."""
+    def sync_tables(
+        self, captured: Collection[TableId] = ()
+    ) -> tuple[list[TableId], list[TableId]]:
+        """Match the patterns and bring the publication up to date (the publication is the
+        record of what is captured, so ``captured`` is not needed)."""
         conn = self._catalog_conn()
         tables = catalog.match_tables(conn, self._config.tables)
         if not tables:
@@ -243,7 +247,7 @@ class PostgresSource(Source):
 
     # --- maintenance (CLI) ------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self, checkpoint: Position | None = None) -> dict[str, Any]:
         """Slot state and how far it trails the source's WAL."""
         conn = self._catalog_conn()
         info = catalog.slot_info(conn, self._slot)
