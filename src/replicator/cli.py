@@ -232,43 +232,56 @@ def _status_of(p: PipelineConfig) -> dict[str, Any]:
     source = make_source(p)
     try:
         checkpoint = store.load(p.name)
+        position = source.parse_position(checkpoint.position) if checkpoint else None
         recorded = store.read_status(p.name) or {}
-        slot = source.status()
+        side = source.status(position)
         tables = store.snapshot_tables(p.name)
     finally:
         source.close()
         store.close()
     phase = recorded.get("phase") or ("not started" if checkpoint is None else "stopped")
-    # While copying, the slot is not streamed yet: the recorded heartbeat says it runs.
-    running = bool(slot.get("slot_active")) or (
-        phase in ("starting", "snapshotting") and _recent(recorded.get("heartbeat_age_s"), 30)
+    heartbeat_recent = _recent(recorded.get("heartbeat_age_s"), 30)
+    active = side.get("slot_active", side.get("active"))
+    # While copying, the slot is not streamed yet: the recorded heartbeat says it runs. A
+    # source that cannot tell whether its reader is connected is judged by the heartbeat.
+    running = bool(active) or (
+        (phase in ("starting", "snapshotting") or active is None) and heartbeat_recent
     )
     if phase == "streaming" and not running:
         phase = "not running (it stopped without a clean shutdown)"
     stats = checkpoint.stats if checkpoint else {}
     lag_seconds = recorded.get("lag_seconds") if running else None
-    if running and slot.get("lag_bytes", 0) == 0:
+    if running and side.get("lag_bytes", 0) == 0:
         lag_seconds = 0.0
-    return {
+    report: dict[str, Any] = {
         "pipeline": p.name,
         "phase": phase,
-        "checkpoint": checkpoint.position.get("lsn") if checkpoint else None,
-        "slot": slot.get("slot"),
-        "slot_confirmed": slot.get("confirmed_flush_lsn"),
-        "source_wal": slot.get("source_wal_lsn"),
-        "lag_bytes": slot.get("lag_bytes"),
-        "lag_seconds": lag_seconds,
-        "retained_wal_bytes": slot.get("retained_wal_bytes"),
-        "transactions": stats.get("transactions"),
-        "rows_inserted": stats.get("rows_inserted"),
-        "rows_updated": stats.get("rows_updated"),
-        "rows_deleted": stats.get("rows_deleted"),
-        "truncates": stats.get("truncates"),
-        "last_source_commit": stats.get("source_commit_ts"),
-        "pid": recorded.get("pid") if running else None,
-        "last_error": recorded.get("last_error"),
-        "snapshot": [_table_progress(t) for t in tables],
+        "checkpoint": str(position) if position is not None else None,
     }
+    if p.source.type == "postgres":
+        report.update(
+            slot=side.get("slot"),
+            slot_confirmed=side.get("confirmed_flush_lsn"),
+            source_wal=side.get("source_wal_lsn"),
+            lag_bytes=side.get("lag_bytes"),
+            lag_seconds=lag_seconds,
+            retained_wal_bytes=side.get("retained_wal_bytes"),
+        )
+    else:
+        report.update({k: v for k, v in side.items() if k != "active"})
+        report["lag_seconds"] = lag_seconds
+    report.update(
+        transactions=stats.get("transactions"),
+        rows_inserted=stats.get("rows_inserted"),
+        rows_updated=stats.get("rows_updated"),
+        rows_deleted=stats.get("rows_deleted"),
+        truncates=stats.get("truncates"),
+        last_source_commit=stats.get("source_commit_ts"),
+        pid=recorded.get("pid") if running else None,
+        last_error=recorded.get("last_error"),
+        snapshot=[_table_progress(t) for t in tables],
+    )
+    return report
 
 
 def _table_progress(table: TableSnapshot) -> dict[str, Any]:
@@ -345,6 +358,9 @@ def sync_sequences(config: ConfigOption, pipeline: PipelineOption = None) -> Non
         failed = 0
         for p in chosen:
             typer.echo(f"pipeline {p.name}:")
+            if p.source.type != "postgres":
+                typer.echo(f"  nothing to do: a {p.source.type} source has no sequences")
+                continue
             syncer = SequenceSync(p)
             try:
                 results = syncer.run()

@@ -1,0 +1,245 @@
+"""The definition each row event is decoded with, and the target table it describes.
+
+A TABLE_MAP event carries the table's columns as they were when the rows were logged
+(``binlog_row_metadata = FULL``): names, types, sizes, character sets, ENUM members.
+That is the definition rows are decoded with, so an ``ALTER TABLE`` between a row event
+and the time it is read can never misalign values and columns. ``information_schema``
+adds what the binlog leaves out (``TINYINT(1)``, MariaDB's JSON, lengths in characters)
+whenever its definition is the one the event was logged with; when the table changed since,
+the definition comes from the event alone, and the target table's mismatch stops the
+pipeline with the ALTER to run (DESIGN invariant 7).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from replicator.events import Column, TableId, TableSchema
+from replicator.sources.mysql import rows as binlog_types
+from replicator.sources.mysql.catalog import TableInfo
+from replicator.sources.mysql.columns import (
+    BLOBS,
+    SPATIAL,
+    TEXTS,
+    MyColumn,
+    TypeOptions,
+    nullable_in_target,
+    pg_type,
+)
+from replicator.sources.mysql.rows import BinlogColumn, RowDecoder, column_reader
+
+# Bytes per character, for comparing a VARCHAR(n)'s n with the binlog's byte length.
+_MAX_BYTES = {
+    "utf8mb4": 4,
+    "utf8mb3": 3,
+    "utf8": 3,
+    "utf16": 4,
+    "utf16le": 4,
+    "utf32": 4,
+    "ucs2": 2,
+    "gbk": 2,
+    "gb2312": 2,
+    "gb18030": 4,
+    "big5": 2,
+    "sjis": 2,
+    "cp932": 2,
+    "ujis": 3,
+    "eucjpms": 3,
+    "euckr": 2,
+}
+_INTEGER_CODES = {
+    "tinyint": binlog_types.TINY,
+    "smallint": binlog_types.SHORT,
+    "mediumint": binlog_types.INT24,
+    "int": binlog_types.LONG,
+    "bigint": binlog_types.LONGLONG,
+}
+_LENGTH_SIZES = {t: i + 1 for i, t in enumerate(TEXTS)} | {t: i + 1 for i, t in enumerate(BLOBS)}
+
+
+@dataclass(frozen=True, slots=True)
+class Decoding:
+    """How one table's row images become values: its schema and a compiled decoder."""
+
+    schema: TableSchema
+    decoder: RowDecoder
+    names: tuple[str, ...]
+    key: tuple[str, ...]
+
+
+def table_schema(
+    table: TableId, columns: tuple[MyColumn, ...], key: tuple[str, ...], options: TypeOptions
+) -> TableSchema:
+    """The target table a MySQL table is copied into."""
+    return TableSchema(
+        table=table,
+        columns=tuple(
+            Column(
+                name=c.name,
+                type_name=pg_type(c, options),
+                nullable=nullable_in_target(c, options),
+            )
+            for c in columns
+        ),
+        key=key,
+        order=tuple(c.name for c in columns),
+        dialect="mysql",
+    )
+
+
+def matches(column: MyColumn, logged: BinlogColumn) -> bool:
+    """Whether the binlog logged ``column`` as ``information_schema`` defines it now."""
+    if column.name != logged.name or column.nullable != logged.nullable:
+        return False
+    kind = column.data_type
+    code = logged.type
+    if kind in _INTEGER_CODES:
+        return code == _INTEGER_CODES[kind] and column.unsigned == logged.unsigned
+    if kind == "decimal":
+        return code == binlog_types.NEWDECIMAL and (column.precision, column.scale) == (
+            logged.precision,
+            logged.decimals,
+        )
+    if kind == "float":
+        return code == binlog_types.FLOAT
+    if kind == "double":
+        return code == binlog_types.DOUBLE
+    if kind == "year":
+        return code == binlog_types.YEAR
+    if kind == "bit":
+        return code == binlog_types.BIT and column.length == logged.bits
+    if kind in ("enum", "set"):
+        wanted = binlog_types.ENUM if kind == "enum" else binlog_types.SET
+        return code == wanted and column.labels == logged.labels
+    if kind in ("char", "varchar", "binary", "varbinary"):
+        codes = (
+            (binlog_types.STRING,)
+            if kind in ("char", "binary")
+            else (
+                binlog_types.VARCHAR,
+                binlog_types.VAR_STRING,
+            )
+        )
+        charset = column.charset or "binary"
+        if code not in codes or charset != (logged.charset or "binary"):
+            return False
+        per_char = _MAX_BYTES.get(charset, 1)
+        return column.length is not None and column.length * per_char == logged.max_length
+    if kind in TEXTS or kind in BLOBS or kind == "json" and code == binlog_types.BLOB:
+        size = 4 if kind == "json" else _LENGTH_SIZES[kind]
+        charset = column.charset or "binary"
+        return (
+            code == binlog_types.BLOB
+            and logged.length_size == size
+            and (kind == "json" or charset == (logged.charset or "binary"))
+        )
+    if kind == "json":
+        return code == binlog_types.JSON
+    if kind in SPATIAL:
+        return code == binlog_types.GEOMETRY
+    if kind == "date":
+        return code == binlog_types.DATE
+    if kind in ("datetime", "timestamp", "time"):
+        new, old = {
+            "datetime": (binlog_types.DATETIME2, binlog_types.DATETIME),
+            "timestamp": (binlog_types.TIMESTAMP2, binlog_types.TIMESTAMP),
+            "time": (binlog_types.TIME2, binlog_types.TIME),
+        }[kind]
+        return code == new and column.fsp == logged.fsp or code == old and column.fsp == 0
+    return False
+
+
+def from_binlog(logged: BinlogColumn) -> MyColumn:
+    """The column as the binlog alone describes it (the definition at that point of the
+    log, when the table has changed since)."""
+    code = logged.type
+    kind = {
+        binlog_types.TINY: "tinyint",
+        binlog_types.SHORT: "smallint",
+        binlog_types.INT24: "mediumint",
+        binlog_types.LONG: "int",
+        binlog_types.LONGLONG: "bigint",
+        binlog_types.FLOAT: "float",
+        binlog_types.DOUBLE: "double",
+        binlog_types.YEAR: "year",
+        binlog_types.BIT: "bit",
+        binlog_types.NEWDECIMAL: "decimal",
+        binlog_types.ENUM: "enum",
+        binlog_types.SET: "set",
+        binlog_types.DATE: "date",
+        binlog_types.DATETIME: "datetime",
+        binlog_types.DATETIME2: "datetime",
+        binlog_types.TIMESTAMP: "timestamp",
+        binlog_types.TIMESTAMP2: "timestamp",
+        binlog_types.TIME: "time",
+        binlog_types.TIME2: "time",
+        binlog_types.JSON: "json",
+        binlog_types.GEOMETRY: "geometry",
+    }.get(code)
+    charset = logged.charset if logged.charset != "binary" else None
+    length = None
+    if code in (binlog_types.STRING, binlog_types.VARCHAR, binlog_types.VAR_STRING):
+        fixed = code == binlog_types.STRING
+        if charset is None:
+            kind = "binary" if fixed else "varbinary"
+            length = logged.max_length
+        else:
+            kind = "char" if fixed else "varchar"
+            length = logged.max_length // _MAX_BYTES.get(charset, 1)
+    elif code == binlog_types.BLOB:
+        names = TEXTS if charset else BLOBS
+        kind = names[max(0, min(logged.length_size, 4) - 1)]
+    elif code == binlog_types.BIT:
+        length = logged.bits
+    if kind is None:
+        kind = f"binlog type {code}"
+    return MyColumn(
+        name=logged.name,
+        data_type=kind,
+        unsigned=logged.unsigned,
+        length=length,
+        precision=logged.precision if code == binlog_types.NEWDECIMAL else None,
+        scale=logged.decimals if code == binlog_types.NEWDECIMAL else None,
+        fsp=logged.fsp,
+        charset=charset,
+        labels=logged.labels,
+        nullable=logged.nullable,
+    )
+
+
+def decoding(
+    table: TableId,
+    logged: tuple[BinlogColumn, ...],
+    logged_key: tuple[str, ...],
+    described: TableInfo | None,
+    options: TypeOptions,
+) -> Decoding | None:
+    """The decoding of rows logged with ``logged``, when ``described`` is the definition they
+    were logged with; None when it is not (the caller may describe the table again)."""
+    if described is None or len(described.columns) != len(logged):
+        return None
+    if not all(matches(c, b) for c, b in zip(described.columns, logged, strict=True)):
+        return None
+    return _compile(table, described.columns, logged, described.key or logged_key, options)
+
+
+def logged_decoding(
+    table: TableId,
+    logged: tuple[BinlogColumn, ...],
+    logged_key: tuple[str, ...],
+    options: TypeOptions,
+) -> Decoding:
+    """The decoding from the binlog's definition alone."""
+    return _compile(table, tuple(from_binlog(b) for b in logged), logged, logged_key, options)
+
+
+def _compile(
+    table: TableId,
+    columns: tuple[MyColumn, ...],
+    logged: tuple[BinlogColumn, ...],
+    key: tuple[str, ...],
+    options: TypeOptions,
+) -> Decoding:
+    readers = [column_reader(c, b, options) for c, b in zip(columns, logged, strict=True)]
+    schema = table_schema(table, columns, key, options)
+    return Decoding(schema, RowDecoder(readers), schema.column_names, key)
