@@ -14,7 +14,11 @@ from replicator.sources.mysql.server import query
 
 SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
 TRANSACTIONAL_ENGINES = ("innodb", "rocksdb", "tokudb", "ndbcluster", "ndb")
-_LABEL = re.compile(r"'((?:[^']|'')*)'")
+# An ENUM or SET member in COLUMN_TYPE, which writes ' as '' and escapes \\, NUL, newline,
+# carriage return and Ctrl-Z with a backslash (the server's append_unescaped()).
+_LABEL = re.compile(r"'((?:[^'\\]|''|\\.)*)'", re.DOTALL)
+_LABEL_ESCAPE = re.compile(r"''|\\(.)", re.DOTALL)
+_LABEL_ESCAPES = {"0": "\x00", "n": "\n", "r": "\r", "Z": "\x1a"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +68,7 @@ def describe(conn: Any, table: TableId) -> TableInfo | None:
         return None
     rows = query(
         conn,
-        "SELECT COLUMN_NAME, LOWER(DATA_TYPE), LOWER(COLUMN_TYPE), IS_NULLABLE,"
+        "SELECT COLUMN_NAME, LOWER(DATA_TYPE), COLUMN_TYPE, IS_NULLABLE,"
         " CHARACTER_MAXIMUM_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE, DATETIME_PRECISION,"
         " CHARACTER_SET_NAME"
         " FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s"
@@ -88,12 +92,13 @@ def _column(row: tuple[Any, ...], json_columns: set[str]) -> MyColumn:
     name, data_type, column_type, nullable, max_chars, precision, scale, fsp, charset = row
     name = str(name)
     data_type = str(data_type)
-    column_type = str(column_type)
+    column_type = str(column_type)  # as written: ENUM and SET members keep their case
+    spelling = column_type.lower()
     if data_type == "longtext" and name in json_columns:
         data_type = "json"  # MariaDB's JSON is LONGTEXT checked by json_valid()
     labels: tuple[str, ...] = ()
     if data_type in ("enum", "set"):
-        labels = tuple(m.replace("''", "'") for m in _LABEL.findall(column_type))
+        labels = tuple(_unescape_label(m) for m in _LABEL.findall(column_type))
     length = None
     if data_type in ("char", "varchar", "binary", "varbinary"):
         length = int(max_chars)
@@ -102,7 +107,7 @@ def _column(row: tuple[Any, ...], json_columns: set[str]) -> MyColumn:
     return MyColumn(
         name=name,
         data_type=data_type,
-        unsigned="unsigned" in column_type,
+        unsigned=data_type not in ("enum", "set") and "unsigned" in spelling,
         length=length,
         precision=int(precision) if data_type == "decimal" else None,
         scale=int(scale) if data_type == "decimal" else None,
@@ -110,9 +115,21 @@ def _column(row: tuple[Any, ...], json_columns: set[str]) -> MyColumn:
         charset=None if charset is None or data_type == "json" else str(charset),
         labels=labels,
         nullable=str(nullable) == "YES",
-        boolean=column_type == "tinyint(1)",
-        column_type=column_type,
+        boolean=spelling == "tinyint(1)",
+        column_type=spelling if data_type not in ("enum", "set") else column_type,
     )
+
+
+def _unescape_label(text: str) -> str:
+    """An ENUM or SET member as it is, from its spelling in COLUMN_TYPE."""
+
+    def one(match: re.Match[str]) -> str:
+        escaped = match.group(1)
+        if escaped is None:
+            return "'"
+        return _LABEL_ESCAPES.get(escaped, escaped)
+
+    return _LABEL_ESCAPE.sub(one, text)
 
 
 def _mariadb_json_columns(conn: Any, table: TableId) -> set[str]:

@@ -87,9 +87,10 @@ def pg_type(column: MyColumn, options: TypeOptions) -> str:
     if kind == "year":
         return "smallint"
     if kind == "char":
-        return f"character({column.length})"
+        # PostgreSQL has no CHAR(0) (which holds '' or NULL); CHAR(1) holds the same.
+        return f"character({max(column.length or 0, 1)})"
     if kind == "varchar":
-        return f"character varying({column.length})"
+        return f"character varying({max(column.length or 0, 1)})"
     if kind in TEXTS:
         return "text"
     if kind in ("binary", "varbinary", *BLOBS, *SPATIAL):
@@ -108,11 +109,18 @@ def pg_type(column: MyColumn, options: TypeOptions) -> str:
         return "text[]"
     if kind == "json":
         return "jsonb"
+    instead = _INSTEAD.get(kind)
+    change = f"MODIFY `{column.name}` {instead}" if instead else "a type listed in the README"
     raise SourceError(
         f"column {column.name} has MySQL type {column.describe()}, which Replicator cannot "
         "copy yet",
-        fix="leave the table out of source.tables, or change the column's type",
+        fix=f"leave the table out of source.tables, or change the column's type "
+        f"(ALTER TABLE … {change})",
     )
+
+
+# What to change a type Replicator does not copy into, keeping its values' text.
+_INSTEAD = {"uuid": "CHAR(36)", "inet4": "VARCHAR(15)", "inet6": "VARCHAR(45)"}
 
 
 def nullable_in_target(column: MyColumn, options: TypeOptions) -> bool:

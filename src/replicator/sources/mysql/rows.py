@@ -119,7 +119,8 @@ def _boolean(name: str, inner: Reader) -> Reader:
             return value == 1, off
         raise BadValue(
             name,
-            f"TINYINT(1) column {name} holds {value}, which is not a boolean",
+            f"TINYINT(1) column {name} holds {value}, which is not a boolean "
+            "(source.tinyint1_as_boolean is true)",
             "set source.tinyint1_as_boolean: false (the column becomes smallint; re-copy "
             "the table after changing its type in the target)",
         )
@@ -199,7 +200,16 @@ def _text(name: str, prefix: int, charset: str) -> Reader:
 
     def read(buf: bytes, off: int) -> tuple[Any, int]:
         data, off = raw(buf, off)
-        text = data.decode(codec, errors)
+        try:
+            text = data.decode(codec, errors)
+        except UnicodeDecodeError as exc:
+            raise BadValue(
+                name,
+                f"column {name} holds bytes that are not valid {charset} "
+                f"({data[exc.start : exc.start + 4]!r} at byte {exc.start})",
+                "repair the value in the source (it was written through a connection "
+                "with another character set), or make the column binary",
+            ) from exc
         if "\x00" in text:
             raise BadValue(
                 name,
@@ -282,18 +292,36 @@ def _zero(name: str, text: str, zero_null: bool) -> Any:
         return None
     raise BadValue(
         name,
-        f"column {name} holds the zero date {text}, which PostgreSQL has no value for",
+        f"column {name} holds the zero date {text}, which PostgreSQL has no value for "
+        "(source.zero_dates is error)",
         "set source.zero_dates: null to copy zero dates as NULL",
     )
+
+
+def _invalid(name: str, text: str) -> BadValue:
+    # MySQL stores such dates under sql_mode ALLOW_INVALID_DATES; no calendar has them.
+    return BadValue(
+        name,
+        f"column {name} holds the invalid date {text}, which PostgreSQL has no value for",
+        "correct the value in the source (sql_mode ALLOW_INVALID_DATES let it in)",
+    )
+
+
+def _clock(hour: int, minute: int, second: int, micro: int) -> str:
+    return f"{hour:02d}:{minute:02d}:{second:02d}" + (f".{micro:06d}" if micro else "")
 
 
 def _date(name: str, zero_null: bool) -> Reader:
     def read(buf: bytes, off: int) -> tuple[Any, int]:
         packed = int.from_bytes(buf[off : off + 3], "little")
         day, month, year = packed & 31, packed >> 5 & 15, packed >> 9
+        text = f"{year:04d}-{month:02d}-{day:02d}"
         if not (year and month and day):
-            return _zero(name, f"{year:04d}-{month:02d}-{day:02d}", zero_null), off + 3
-        return date(year, month, day), off + 3
+            return _zero(name, text, zero_null), off + 3
+        try:
+            return date(year, month, day), off + 3
+        except ValueError:
+            raise _invalid(name, text) from None
 
     return read
 
@@ -315,10 +343,15 @@ def _datetime2(name: str, fsp: int, zero_null: bool) -> Reader:
         ymd, hms = packed >> 17, packed & 0x1FFFF
         year_month, day = ymd >> 5, ymd & 31
         year, month = divmod(year_month, 13)
+        hour, minute, second = hms >> 12, hms >> 6 & 63, hms & 63
         if not (year and month and day):
-            text = f"{year:04d}-{month:02d}-{day:02d} 00:00:00"
+            text = f"{year:04d}-{month:02d}-{day:02d} {_clock(hour, minute, second, micro)}"
             return _zero(name, text, zero_null), off + width
-        value = datetime(year, month, day, hms >> 12, hms >> 6 & 63, hms & 63, micro)
+        try:
+            value = datetime(year, month, day, hour, minute, second, micro)
+        except ValueError:
+            text = f"{year:04d}-{month:02d}-{day:02d} {_clock(hour, minute, second, micro)}"
+            raise _invalid(name, text) from None
         return value, off + width
 
     return read
@@ -379,11 +412,15 @@ def _old_datetime(name: str, zero_null: bool) -> Reader:
         ymd, hms = divmod(packed, 1_000_000)
         year, md = divmod(ymd, 10_000)
         month, day = divmod(md, 100)
-        if not (year and month and day):
-            text = f"{year:04d}-{month:02d}-{day:02d} 00:00:00"
-            return _zero(name, text, zero_null), off + 8
         hour, ms = divmod(hms, 10_000)
-        return datetime(year, month, day, hour, *divmod(ms, 100)), off + 8
+        minute, second = divmod(ms, 100)
+        text = f"{year:04d}-{month:02d}-{day:02d} {_clock(hour, minute, second, 0)}"
+        if not (year and month and day):
+            return _zero(name, text, zero_null), off + 8
+        try:
+            return datetime(year, month, day, hour, minute, second), off + 8
+        except ValueError:
+            raise _invalid(name, text) from None
 
     return read
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from replicator.errors import SourceError
 from replicator.events import Column, TableId, TableSchema
 from replicator.sources.mysql import rows as binlog_types
 from replicator.sources.mysql.catalog import TableInfo
@@ -54,6 +55,12 @@ _INTEGER_CODES = {
     "int": binlog_types.LONG,
     "bigint": binlog_types.LONGLONG,
 }
+_CHARACTER_CODES = (
+    binlog_types.STRING,
+    binlog_types.VARCHAR,
+    binlog_types.VAR_STRING,
+    binlog_types.BLOB,
+)
 _LENGTH_SIZES = {t: i + 1 for i, t in enumerate(TEXTS)} | {t: i + 1 for i, t in enumerate(BLOBS)}
 
 
@@ -120,18 +127,16 @@ def matches(column: MyColumn, logged: BinlogColumn) -> bool:
                 binlog_types.VAR_STRING,
             )
         )
-        charset = column.charset or "binary"
-        if code not in codes or charset != (logged.charset or "binary"):
+        if code not in codes or not _same_charset(column, logged):
             return False
-        per_char = _MAX_BYTES.get(charset, 1)
+        per_char = _MAX_BYTES.get(column.charset or "binary", 1)
         return column.length is not None and column.length * per_char == logged.max_length
     if kind in TEXTS or kind in BLOBS or kind == "json" and code == binlog_types.BLOB:
         size = 4 if kind == "json" else _LENGTH_SIZES[kind]
-        charset = column.charset or "binary"
         return (
             code == binlog_types.BLOB
             and logged.length_size == size
-            and (kind == "json" or charset == (logged.charset or "binary"))
+            and (kind == "json" or _same_charset(column, logged))
         )
     if kind == "json":
         return code == binlog_types.JSON
@@ -147,6 +152,20 @@ def matches(column: MyColumn, logged: BinlogColumn) -> bool:
         }[kind]
         return code == new and column.fsp == logged.fsp or code == old and column.fsp == 0
     return False
+
+
+def _same_charset(column: MyColumn, logged: BinlogColumn) -> bool:
+    """Whether the character set information_schema names is the one the binlog logged.
+
+    The binlog names a collation by number, and a collation the library does not know
+    (MariaDB 10.10's ``utf8mb4_uca1400_ai_ci``, say) leaves it without a character set.
+    Binary columns always name one (``binary``), so an unknown one is some character set:
+    the current definition's, when everything else about the column matches.
+    """
+    described = column.charset or "binary"
+    if logged.charset is None:
+        return described != "binary"
+    return described == logged.charset
 
 
 def from_binlog(logged: BinlogColumn) -> MyColumn:
@@ -230,6 +249,15 @@ def logged_decoding(
     options: TypeOptions,
 ) -> Decoding:
     """The decoding from the binlog's definition alone."""
+    for column in logged:
+        if column.charset is None and column.type in _CHARACTER_CODES:
+            # Decoding it as binary would turn text into bytes without a word.
+            raise SourceError(
+                f"{table}: the binlog logged column {column.name} with a collation Replicator "
+                "does not know, and the table's definition has changed since, so the "
+                "column's character set is unknown",
+                fix=f"re-copy the table: replicator snapshot -c FILE -p PIPELINE -t '{table}'",
+            )
     return _compile(table, tuple(from_binlog(b) for b in logged), logged, logged_key, options)
 
 
