@@ -67,7 +67,7 @@ _COM_BINLOG_DUMP_GTID = 0x1E
 _MARIADB_SLAVE_CAPABILITY_GTID = 4
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Header:
     """The common event header: when, what, and the position right after the event."""
 
@@ -83,7 +83,7 @@ class Header:
         return self.log_pos - self.size
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rotate:
     """The stream moves on to ``file`` at ``pos`` (also sent first, artificially)."""
 
@@ -92,7 +92,7 @@ class Rotate:
     pos: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Gtid:
     """A transaction group starts; ``gtid`` is None for MySQL's anonymous groups."""
 
@@ -101,7 +101,7 @@ class Gtid:
     transaction: bool  # MariaDB says so: BEGIN … COMMIT/XID follow (else one statement)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Query:
     """A statement: BEGIN, COMMIT, ROLLBACK, XA …, or DDL, in database ``schema``."""
 
@@ -110,16 +110,20 @@ class Query:
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Xid:
     """The commit of a transaction of transactional tables."""
 
     header: Header
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class BinlogTable:
-    """A TABLE_MAP: which table a table id stands for, with its columns as logged."""
+    """A TABLE_MAP: which table a table id stands for, with its columns as logged.
+
+    Compared by identity: each distinct definition is parsed once and reused, so a
+    dictionary keyed by it costs no hashing of the columns on every row event.
+    """
 
     table_id: int
     schema: str
@@ -128,7 +132,7 @@ class BinlogTable:
     key: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Rows:
     """Row images of one ROWS event: ``present`` bitmaps, and ``data`` for :mod:`.rows`."""
 
@@ -139,7 +143,7 @@ class Rows:
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Heartbeat:
     """The server is alive and has sent everything up to ``header.log_pos`` of ``file``."""
 
@@ -147,7 +151,7 @@ class Heartbeat:
     file: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Other:
     """Any other event (format description, GTID lists, checkpoints, …)."""
 
@@ -348,7 +352,7 @@ class BinlogConnection:
         if self._checksum:
             end -= 4
             stored = int.from_bytes(data[end : end + 4], "little")
-            if zlib.crc32(data[1:end]) != stored:
+            if zlib.crc32(memoryview(data)[1:end]) != stored:
                 raise SourceError(
                     f"a binlog event failed its checksum (type {kind}, ending at {log_pos})",
                     fix="check the source's binlog files and the network; restart to re-read",

@@ -115,6 +115,10 @@ class GtidState:
             assert self._set is not None
             self._set = self._set + Gtid(gtid)
 
+    def sequences(self) -> dict[int, int]:
+        """MariaDB: the last sequence number of each domain."""
+        return {domain: seq for domain, (_, seq) in self._domains.items()}
+
     def copy(self) -> GtidState:
         """An independent copy."""
         return GtidState(self.mariadb, str(self))

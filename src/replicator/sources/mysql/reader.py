@@ -437,7 +437,7 @@ class BinlogReader:
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_delay(self._reconnect_timeout),
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=10),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             retry=tenacity.retry_if_exception_type(SourceConnectionError),
             sleep=self._pause,
             before_sleep=lambda state: self._log.warning(
