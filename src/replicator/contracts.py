@@ -113,6 +113,10 @@ class CopyStream:
 class SnapshotReader(ABC):
     """One connection reading inside a snapshot; used by one copy worker at a time."""
 
+    recovers: bool = False
+    """True when, after a transient failure (:attr:`ReplicatorError.transient`), the reader
+    can copy the chunk again: it reconnects and takes a snapshot of its own by itself."""
+
     @abstractmethod
     def copy(
         self, schema: TableSchema, chunk: Chunk, formats: frozenset[str]

@@ -34,10 +34,12 @@ from replicator.contracts import (
     Source,
     TableSnapshot,
 )
+from replicator.errors import ReplicatorError
 from replicator.events import Position, TableId, TableSchema
 from replicator.observability.logging import get_logger
 
 PROGRESS_INTERVAL = 5.0
+CHUNK_ATTEMPTS = 5  # for a chunk failing transiently, with a reader that recovers
 
 
 @dataclass
@@ -267,17 +269,39 @@ class SnapshotRound:
                 raise Stopped()
             table.rows_in_flight[number] = rows
 
-        with reader.copy(table.schema, item.chunk, writer.formats) as stream:
-            at = stream.position or position  # the chunk's own snapshot, where it has one
-            rows = writer.copy_chunk(
-                table.schema,
-                item.chunk,
-                stream,
-                at,
-                shadow=table.shadow,
-                upsert=item.upsert,
-                progress=progress,
-            )
+        attempt = 0
+        while True:
+            try:
+                with reader.copy(table.schema, item.chunk, writer.formats) as stream:
+                    at = stream.position or position  # the chunk's own snapshot, if any
+                    rows = writer.copy_chunk(
+                        table.schema,
+                        item.chunk,
+                        stream,
+                        at,
+                        shadow=table.shadow,
+                        upsert=item.upsert,
+                        progress=progress,
+                    )
+                break
+            except ReplicatorError as exc:
+                # A concurrent TRUNCATE or a deadlock on the source, a dropped connection:
+                # the chunk's transaction in the target rolled back, so copy it again.
+                attempt += 1
+                if not (reader.recovers and exc.transient) or attempt >= CHUNK_ATTEMPTS:
+                    raise
+                delay = min(5.0, 0.5 * 2**attempt)
+                self._log.warning(
+                    "copying a chunk failed; copying it again",
+                    table=str(table.schema.table),
+                    chunk=number,
+                    error=exc.message,
+                    attempt=attempt,
+                    next_delay_s=delay,
+                )
+                table.rows_in_flight.pop(number, None)
+                if self._stop.wait(delay):
+                    raise Stopped() from exc
         with self._lock:
             table.rows_in_flight.pop(number, None)
             table.rows_done += rows

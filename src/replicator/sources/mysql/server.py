@@ -21,6 +21,9 @@ from replicator.observability.redaction import redact
 # Client errors meaning the connection itself failed (CR_CONN_HOST_ERROR, CR_SERVER_GONE_ERROR,
 # CR_SERVER_LOST, …) and server errors meaning it is going away (ER_SERVER_SHUTDOWN, killed).
 _LOST = {2002, 2003, 2006, 2013, 2055, 1053, 1927, 1317, 1152, 1158, 1159, 1160, 1161}
+# Worth doing again: ER_TABLE_DEF_CHANGED (a TRUNCATE or ALTER committed after a snapshot
+# opened), ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
+_RETRY = {1412, 1213, 1205}
 _VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)")
 
 
@@ -130,6 +133,7 @@ def translate(exc: BaseException, doing: str, fix: str | None = None) -> SourceE
     error = SourceError(f"{doing} failed: {message}", fix=fix)
     if isinstance(exc, pymysql.Error) and exc.args and isinstance(exc.args[0], int):
         error.sqlstate = str(exc.args[0])
+        error.transient = exc.args[0] in _RETRY
     return error
 
 

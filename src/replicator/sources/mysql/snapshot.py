@@ -122,7 +122,13 @@ class MysqlSnapshotSession(SnapshotSession):
 
 
 class MysqlSnapshotReader(SnapshotReader):
-    """Reads chunks as PostgreSQL COPY text, each inside a consistent snapshot."""
+    """Reads chunks as PostgreSQL COPY text, each inside a consistent snapshot.
+
+    After a failure it reconnects for the next chunk: every chunk's position is its own, so
+    a chunk may always be read again at a new snapshot.
+    """
+
+    recovers = True
 
     def __init__(
         self,
@@ -131,19 +137,42 @@ class MysqlSnapshotReader(SnapshotReader):
         options: TypeOptions,
         lock_free: bool,
     ) -> None:
+        self._args = connect_args
         self._info = info
         self._options = options
         self._lock_free = lock_free
-        self._conn = server.connect(connect_args, cursorclass=pymysql.cursors.SSCursor)
+        self._conn: Any = None
         self._described: dict[str, catalog.TableInfo] = {}
         self._position: MysqlPosition | None = None
-        for statement in (
-            f"SET SESSION sql_mode = '{copy_sql.SESSION_SQL_MODE}'",
-            # A worker waiting on a slow target stops reading mid-result for a while.
-            "SET SESSION net_write_timeout = 3600",
-            "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
-        ):
-            server.query(self._conn, statement, doing="preparing the snapshot session")
+        self._session()
+
+    def _session(self) -> Any:
+        """The connection, opened (again) and prepared when needed."""
+        if self._conn is not None and self._conn.open:
+            return self._conn
+        self._position = None  # a locked snapshot ends with its connection
+        conn = server.connect(self._args, cursorclass=pymysql.cursors.SSCursor)
+        try:
+            for statement in (
+                f"SET SESSION sql_mode = '{copy_sql.SESSION_SQL_MODE}'",
+                # A worker waiting on a slow target stops reading mid-result for a while.
+                "SET SESSION net_write_timeout = 3600",
+                "SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            ):
+                server.query(conn, statement, doing="preparing the snapshot session")
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        return conn
+
+    def _abandon(self, cursor: Any) -> None:
+        """Drop the connection without reading the rest of an unbuffered result, which
+        could take as long as the copy (and must not be finished after the close)."""
+        result = getattr(cursor, "_result", None)
+        if result is not None:
+            result.unbuffered_active = False
+        self.close()
 
     def _begin(self) -> MysqlPosition:
         """Open the snapshot the next chunk is read in; return its binlog coordinates."""
@@ -201,6 +230,7 @@ class MysqlSnapshotReader(SnapshotReader):
         if COPY_POSTGRES_TEXT not in formats:
             raise SourceError("the sink takes no PostgreSQL COPY text; a MySQL copy needs it")
         table = schema.table
+        self._session()
         info = self._describe(schema)
         where = []
         key = copy_sql.quote(schema.key[0]) if schema.key else ""
@@ -214,7 +244,7 @@ class MysqlSnapshotReader(SnapshotReader):
         try:
             cursor.execute(statement)
         except pymysql.Error as exc:
-            self._conn.close()
+            self._abandon(cursor)
             raise server.translate(exc, f"copying {table}") from exc
         ok = False
         try:
@@ -226,8 +256,7 @@ class MysqlSnapshotReader(SnapshotReader):
                 if self._lock_free:
                     server.query(self._conn, "COMMIT", doing="ending the snapshot")
             else:
-                # Reading the rest of an unbuffered result could take as long as the copy.
-                self._conn.close()
+                self._abandon(cursor)
 
     def _rows(self, cursor: Any) -> Iterator[bytes]:
         try:
@@ -242,8 +271,7 @@ class MysqlSnapshotReader(SnapshotReader):
         name = str(schema.table)
         info = self._described.get(name)
         if info is None:
-            conn = self._conn
-            found = catalog.describe(conn, schema.table)
+            found = catalog.describe(self._session(), schema.table)
             if found is None:
                 raise SourceError(f"table {schema.table} no longer exists in the source")
             info = self._described[name] = found
@@ -255,8 +283,10 @@ class MysqlSnapshotReader(SnapshotReader):
         return info
 
     def close(self) -> None:
-        """Close the connection (ending any snapshot)."""
-        try:
-            self._conn.close()
-        except pymysql.Error:
-            pass
+        """Close the connection (ending any snapshot); safe to call more than once."""
+        conn, self._conn = self._conn, None
+        if conn is not None and conn.open:
+            try:
+                conn.close()
+            except (pymysql.Error, OSError):
+                pass  # already broken: closing is all that was left to do
