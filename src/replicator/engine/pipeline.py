@@ -206,11 +206,16 @@ class Pipeline:
             ).run(copy, schemas)
             states = self._store.snapshot_tables(self.name)
         parse = self._source.parse_position
-        self._starts = {
-            t.table: parse(t.start).order_key()
-            for t in states
-            if t.state == "done" and t.start is not None
-        }
+        # Only starts the stream has not reached yet matter: the changes before them are in
+        # the copy. Older ones are left out, since positions are only comparable on one
+        # server, and a MySQL source resumed by GTID on another must not skip by them.
+        durable = self._durable.order_key() if self._durable is not None else None
+        self._starts = {}
+        for state in states:
+            if state.state == "done" and state.start is not None:
+                key = parse(state.start).order_key()
+                if durable is None or key > durable:
+                    self._starts[state.table] = key
 
     def _between_transactions(self, now: float) -> None:
         """At a clean point (nothing pending, nothing open in the sink): discover new tables
