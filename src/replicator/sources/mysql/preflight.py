@@ -13,7 +13,7 @@ from replicator.errors import SourceError
 from replicator.events import TableId
 from replicator.sources.mysql import catalog, server
 from replicator.sources.mysql.columns import TypeOptions, pg_type, supported_charset
-from replicator.sources.mysql.position import MysqlPosition, file_number
+from replicator.sources.mysql.position import GtidState, MysqlPosition, file_number
 
 RETENTION_WARNING_S = 3 * 86400  # shorter binlog retention leaves little time to recover
 _REPLICATION_SLAVE = ("REPLICATION SLAVE", "ALL PRIVILEGES")
@@ -110,8 +110,8 @@ def _retention_problems(settings: dict[str, str | None]) -> list[Problem]:
     ]
 
 
-def grants_problems(grants: list[str], *, needs_reload: bool) -> list[Problem]:
-    """Missing global privileges, from ``SHOW GRANTS`` lines (pure)."""
+def grants_problems(grants: list[str], user: str, *, needs_reload: bool) -> list[Problem]:
+    """Missing global privileges of ``user``, from its ``SHOW GRANTS`` lines (pure)."""
     granted: set[str] = set()
     for line in grants:
         match = re.match(r"GRANT (.+?) ON \*\.\* TO", line, re.IGNORECASE)
@@ -122,7 +122,7 @@ def grants_problems(grants: list[str], *, needs_reload: bool) -> list[Problem]:
         problems.append(
             _error(
                 "the source user lacks the REPLICATION SLAVE privilege (needed to read the binlog)",
-                "GRANT REPLICATION SLAVE ON *.* TO the source user;",
+                f"GRANT REPLICATION SLAVE ON *.* TO {user};",
             )
         )
     if not granted & set(_REPLICATION_CLIENT):
@@ -130,7 +130,7 @@ def grants_problems(grants: list[str], *, needs_reload: bool) -> list[Problem]:
             _error(
                 "the source user lacks the REPLICATION CLIENT privilege (BINLOG MONITOR on "
                 "MariaDB), needed to read the binlog position",
-                "GRANT REPLICATION CLIENT ON *.* TO the source user;",
+                f"GRANT REPLICATION CLIENT ON *.* TO {user};",
             )
         )
     if needs_reload and not granted & {"RELOAD", "ALL PRIVILEGES"}:
@@ -138,7 +138,7 @@ def grants_problems(grants: list[str], *, needs_reload: bool) -> list[Problem]:
             _error(
                 "the source user lacks the RELOAD privilege: MySQL reports a consistent "
                 "snapshot's binlog position only under a brief FLUSH TABLES WITH READ LOCK",
-                "GRANT RELOAD ON *.* TO the source user;",
+                f"GRANT RELOAD ON *.* TO {user};",
             )
         )
     return problems
@@ -153,6 +153,7 @@ def check_source(
     position_mode: str,
     options: TypeOptions,
     checkpoint: MysqlPosition | None,
+    by_gtid: bool,
     pipeline: str,
 ) -> list[Problem]:
     """Every problem of the server, the user and the captured tables."""
@@ -191,11 +192,12 @@ def check_source(
         server.query(conn, "SHOW STATUS LIKE 'binlog_snapshot_file'", doing="probing snapshots")
     )
     grants = [str(r[0]) for r in server.query(conn, "SHOW GRANTS", doing="reading the grants")]
-    problems += grants_problems(grants, needs_reload=not lock_free)
+    user = current_user(conn)
+    problems += grants_problems(grants, user, needs_reload=not lock_free)
     problems += replica_problems(conn, info, server_id, pipeline)
-    problems += _table_problems(conn, patterns, options)
+    problems += _table_problems(conn, patterns, options, user)
     if checkpoint is not None:
-        problems += checkpoint_problems(conn, info, checkpoint)
+        problems += checkpoint_problems(conn, info, checkpoint, by_gtid=by_gtid)
     return problems
 
 
@@ -224,7 +226,16 @@ def reporting_name(pipeline: str) -> str:
     return f"replicator-{pipeline}"[:60]
 
 
-def _table_problems(conn: Any, patterns: list[str], options: TypeOptions) -> list[Problem]:
+def current_user(conn: Any) -> str:
+    """The account the source DSN logs in as, quoted as GRANT takes it ('repl'@'%')."""
+    account = str(server.query(conn, "SELECT CURRENT_USER()", doing="reading the user")[0][0])
+    user, _, host = account.rpartition("@")
+    return f"'{user}'@'{host}'"
+
+
+def _table_problems(
+    conn: Any, patterns: list[str], options: TypeOptions, user: str
+) -> list[Problem]:
     tables = catalog.match_tables(conn, patterns)
     if not tables:
         return [
@@ -248,7 +259,7 @@ def _table_problems(conn: Any, patterns: list[str], options: TypeOptions) -> lis
                     f"ALTER TABLE {info.table} ENGINE = InnoDB;",
                 )
             )
-        problems += _select_problem(conn, info.table)
+        problems += _select_problem(conn, info.table, user)
     return problems
 
 
@@ -270,7 +281,7 @@ def _columns_problems(info: catalog.TableInfo, options: TypeOptions) -> list[Pro
     return problems
 
 
-def _select_problem(conn: Any, table: TableId) -> list[Problem]:
+def _select_problem(conn: Any, table: TableId, user: str) -> list[Problem]:
     try:
         server.query(
             conn,
@@ -282,32 +293,33 @@ def _select_problem(conn: Any, table: TableId) -> list[Problem]:
         return [
             _error(
                 f"the source user cannot read table {table}: {exc.message}",
-                f"GRANT SELECT ON {table.schema}.* TO the source user;",
+                f"GRANT SELECT ON `{table.schema}`.* TO {user};",
             )
         ]
     return []
 
 
 def checkpoint_problems(
-    conn: Any, info: server.ServerInfo, checkpoint: MysqlPosition
+    conn: Any, info: server.ServerInfo, checkpoint: MysqlPosition, *, by_gtid: bool
 ) -> list[Problem]:
     """Whether the binlogs after the checkpoint are still on the server."""
     rows = server.query(conn, "SHOW BINARY LOGS", doing="listing the binary logs")
     files = [str(r[0]) for r in rows]
     if not files:
         return []
+    purged = _error(
+        f"the pipeline's checkpoint ({checkpoint}) is older than the oldest binlog the source "
+        f"still has ({min(files, key=file_number)}): the changes since were purged and cannot "
+        "be read",
+        "re-copy the tables: replicator drop -c FILE --pipeline NAME, then start the pipeline "
+        "again; keep binlogs longer (binlog_expire_logs_seconds)",
+    )
+    if by_gtid:
+        return [purged] if _gtids_purged(conn, info, checkpoint, files) else []
     if checkpoint.file in files:
         return []
-    oldest = min(files, key=file_number)
-    if file_number(checkpoint.file) < file_number(oldest):
-        return [
-            _error(
-                f"the pipeline's checkpoint is in binlog {checkpoint.file}, which the source "
-                f"has purged (its oldest is {oldest}): the changes since cannot be read",
-                "re-copy the tables: replicator drop -c FILE --pipeline NAME, then start the "
-                "pipeline again; keep binlogs longer (binlog_expire_logs_seconds)",
-            )
-        ]
+    if file_number(checkpoint.file) < min(file_number(f) for f in files):
+        return [purged]
     if file_number(checkpoint.file) > max(file_number(f) for f in files):
         return [
             _error(
@@ -319,3 +331,27 @@ def checkpoint_problems(
             )
         ]
     return []
+
+
+def _gtids_purged(
+    conn: Any, info: server.ServerInfo, checkpoint: MysqlPosition, files: list[str]
+) -> bool:
+    """Whether transactions after the checkpoint's GTID state are gone from the binlogs."""
+    if not info.mariadb:
+        row = server.query(
+            conn,
+            "SELECT GTID_SUBSET(@@global.gtid_purged, %s)",
+            (checkpoint.gtid or "",),
+            doing="comparing GTID sets",
+        )
+        return not int(row[0][0])
+    oldest = min(files, key=file_number)
+    # The GTID position just before the oldest binlog: what was purged ends there.
+    before = server.query(
+        conn, "SELECT BINLOG_GTID_POS(%s, 4)", (oldest,), doing="reading the oldest GTIDs"
+    )[0][0]
+    have = GtidState(True, checkpoint.gtid or "").sequences()
+    for domain, seq in GtidState(True, str(before or "")).sequences().items():
+        if domain in have and have[domain] < seq:
+            return True
+    return False

@@ -14,6 +14,8 @@ from collections.abc import Callable, Collection, Iterator
 from functools import partial
 from typing import Any, TypeVar
 
+import tenacity
+
 from replicator.config import MysqlSourceConfig, PipelineConfig
 from replicator.contracts import Problem, Source
 from replicator.errors import (
@@ -74,12 +76,28 @@ class MysqlSource(Source):
         return self._info
 
     def _query_catalog(self, work: Callable[[Any], T]) -> T:
-        """Run catalog work, reconnecting once if the connection was lost (a restart)."""
-        try:
-            return work(self._catalog())
-        except SourceConnectionError:
-            self._conn = None
-            return work(self._catalog())
+        """Run catalog work, reconnecting while the source is unreachable (a restart), for
+        as long as the binlog reader would (``reconnect_timeout_s``)."""
+
+        def attempt() -> T:
+            try:
+                return work(self._catalog())
+            except SourceConnectionError:
+                self._conn = None
+                raise
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self._config.reconnect_timeout_s),
+            wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
+            retry=tenacity.retry_if_exception_type(SourceConnectionError),
+            before_sleep=lambda state: self._log.warning(
+                "the source is unreachable; trying again",
+                attempt=state.attempt_number,
+                next_delay_s=round(state.upcoming_sleep, 1),
+            ),
+            reraise=True,
+        )
+        return retrying(attempt)
 
     def _query_for_reader(self, work: Callable[[Any], T]) -> T:
         """Catalog work of the reader thread, on its own connection."""
@@ -112,7 +130,8 @@ class MysqlSource(Source):
             server_id=self._server_id,
             position_mode=self._config.position,
             options=self._options,
-            checkpoint=None if start is None or self._by_gtid(start) else start,
+            checkpoint=start,
+            by_gtid=start is not None and self._by_gtid(start),
             pipeline=self._pipeline.name,
         )
         return problems
@@ -174,10 +193,11 @@ class MysqlSource(Source):
             save_checkpoint(start)
             self._log.info("starting at the current binlog position", position=str(start))
             return start
-        if not self._by_gtid(start):
-            problems = preflight.checkpoint_problems(self._catalog(), self._server(), start)
-            if problems:
-                raise CheckpointMismatchError(problems[0].message, fix=problems[0].fix)
+        problems = preflight.checkpoint_problems(
+            self._catalog(), self._server(), start, by_gtid=self._by_gtid(start)
+        )
+        if problems:
+            raise CheckpointMismatchError(problems[0].message, fix=problems[0].fix)
         if self._server().mariadb and start.gtid is None:
             # A checkpoint written without GTIDs: MariaDB can say what they were there.
             gtid = server.query(
