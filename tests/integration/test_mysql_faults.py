@@ -20,11 +20,10 @@ from tests.mysql_helpers import (
     checkpoint_order,
     mysql_pipeline_config,
     mysql_pipeline_dict,
-    snapshot_done,
     wait_caught_up,
 )
 from tests.mysql_workload import Workload, table_names, table_patterns
-from tests.support import RunningPipeline, run_cli, spawn_run, wait_for, write_config
+from tests.support import RunningPipeline, run_cli, snapshot_done, spawn_run, wait_for, write_config
 from tests.tcpproxy import TcpProxy
 
 POSITIONS = ["gtid", "file"]

@@ -9,10 +9,9 @@ from tests.mysql_compare import assert_same_tables
 from tests.mysql_helpers import (
     chunks_committed,
     mysql_pipeline_config,
-    snapshot_done,
     wait_caught_up,
 )
-from tests.support import RunningPipeline, wait_for
+from tests.support import RunningPipeline, snapshot_done, wait_for
 
 
 def copy_waits_for(db: MysqlDatabase, table: str) -> bool:
