@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install servers test test-fast lint format clean bench demo
+.PHONY: install servers bench-tools test test-fast lint format clean bench bench-mysql demo
 
 install: $(VENV)/.installed
 
@@ -33,10 +33,21 @@ format: install
 	$(BIN)/ruff check --fix src tests
 	$(BIN)/ruff format src tests
 
-# Replicator vs native logical replication on a pgbench database (bench/README.md).
-# Options: make bench BENCH_ARGS="--scale 1 --duration 5"
-bench: install servers
+# Tools the benchmarks need besides the servers: sysbench (installed only when missing).
+bench-tools:
+	@scripts/ensure-bench-tools.sh
+
+# Both benchmarks, one after the other (bench/README.md): Replicator vs native logical
+# replication on pgbench, then Replicator vs pg_chameleon from MariaDB on sysbench.
+# Options: make bench BENCH_ARGS="--scale 1 --duration 5" BENCH_MYSQL_ARGS="--duration 5"
+bench: install servers bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.mysql $(BENCH_MYSQL_ARGS)
+
+# MariaDB -> PostgreSQL: Replicator vs pg_chameleon (its venv is made on the first run).
+# Options: make bench-mysql BENCH_MYSQL_ARGS="--table-size 50000 --duration 10"
+bench-mysql: install servers bench-tools
+	$(BIN)/python -m bench.mysql $(BENCH_MYSQL_ARGS)
 
 # A guided tour: a sample shop copied between two throw-away servers while it takes orders,
 # then verified row by row (demo/__init__.py). Options: make demo DEMO_ARGS="--duration 5"
@@ -44,4 +55,4 @@ demo: install servers
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache bench/.chameleon-venv

@@ -1,7 +1,9 @@
 """The two consumers under test: a native subscription and a ``replicator run`` process.
 
 Both expose the same few operations the phases need: stop (and wait until the source's slot
-is released), resume, the slot name to watch, and memory sampling.
+is released), resume, the slot name to watch, and memory sampling. ``ReplicatorProcess`` is
+the part of the second that does not depend on the source (start, SIGTERM, status, memory),
+shared with the MySQL benchmark (``bench.mysql``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,22 @@ def _children(pid: int) -> list[int]:
             found.append(child)
             pending.append(child)
     return found
+
+
+def tree_memory_kb(pid: int) -> tuple[int | None, int | None]:
+    """Peak RSS (VmHWM) and current RssAnon of ``pid`` plus all its descendants, in kB.
+
+    Both are None when the process is gone. Summing VmHWM over processes is an upper bound of
+    the tree's peak: the processes may not all have peaked at the same moment.
+    """
+    vmhwm = peak_memory_kb(pid)
+    anon = _rss_anon_kb(pid)
+    if vmhwm is None:
+        return None, None
+    for child in _children(pid):
+        vmhwm += peak_memory_kb(child) or 0
+        anon = (anon or 0) + (_rss_anon_kb(child) or 0)
+    return vmhwm, anon
 
 
 class MemoryPeak:
@@ -238,48 +256,35 @@ class NativeConsumer:
         return parse_lsn(row[0]) if row and row[0] else None
 
 
-class ReplicatorConsumer:
-    """``replicator run -c config.yaml`` as a child process, one pipeline named ``bench``."""
+class ReplicatorProcess:
+    """``replicator run -c config.yaml`` as a child process, whatever the pipeline's source.
+
+    Writes the config (mode 0600: it holds passwords), starts and stops the process, samples
+    its memory, and asks ``replicator status --json`` whether the initial snapshot is over.
+    """
 
     label = "ours"
 
     def __init__(
         self,
-        source_dsn: str,
-        target_dsn: str,
-        workdir: Path,
+        config: dict[str, Any],
+        config_path: Path,
         log_path: Path,
-        snapshot: str,
+        pipeline: str = "bench",
     ) -> None:
-        """Write the pipeline's config file; ``start`` runs it."""
-        self.source_dsn = source_dsn
-        self.target_dsn = target_dsn
-        self.pipeline = "bench"
-        self.slot = "replicator_bench"
-        self.config_path = workdir / "replicator.yaml"
+        """Write ``config`` to ``config_path``; ``start`` runs it."""
+        self.pipeline = pipeline
+        self.config = config
+        self.config_path = config_path
         self.log_path = log_path
         self.memory = MemoryPeak()
         self.process: subprocess.Popen[bytes] | None = None
         self._last_status_call = 0.0
         self.last_status: dict[str, Any] | None = None
-        self.config: dict[str, Any] = {
-            "pipelines": [
-                {
-                    "name": self.pipeline,
-                    "source": {
-                        "type": "postgres",
-                        "dsn": source_dsn,
-                        "tables": [f"public.{table}" for table in TABLES],
-                        "snapshot": snapshot,
-                    },
-                    "sink": {"type": "postgres", "dsn": target_dsn},
-                    # batch: Replicator's defaults (max_events, max_bytes, max_age_ms).
-                }
-            ],
-            "logging": {"level": "info", "format": "console"},
-        }
-        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        # Private before the first byte: the file holds the source's and target's passwords.
+        self.config_path.touch(mode=0o600)
         self.config_path.chmod(0o600)
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
 
     def _command(self, *args: str) -> list[str]:
         return [str(Path(sys.executable).with_name("replicator")), *args]
@@ -311,12 +316,7 @@ class ReplicatorConsumer:
         pid = self.pid
         if pid is None or (not force and not self.memory.due()):
             return
-        vmhwm = peak_memory_kb(pid)
-        anon = _rss_anon_kb(pid)
-        for child in _children(pid):
-            vmhwm = (vmhwm or 0) + (peak_memory_kb(child) or 0)
-            anon = (anon or 0) + (_rss_anon_kb(child) or 0)
-        self.memory.add(vmhwm, anon)
+        self.memory.add(*tree_memory_kb(pid))
 
     def check_alive(self) -> None:
         """Raise with the end of the log when the process has exited."""
@@ -333,20 +333,6 @@ class ReplicatorConsumer:
         """Called on every poll of a wait: the process must be alive; samples memory."""
         self.check_alive()
         self.sample()
-
-    def applied_lsn(self, conn: psycopg.Connection[Row]) -> int | None:
-        """Replicator's checkpoint in the target (``_replicator.checkpoints``), if readable.
-
-        Best effort: it is an internal table, so any error just means "unknown".
-        """
-        try:
-            row = conn.execute(
-                "SELECT position->>'lsn' FROM _replicator.checkpoints WHERE pipeline = %s",
-                (self.pipeline,),
-            ).fetchone()
-            return parse_lsn(row[0]) if row and row[0] else None
-        except (psycopg.Error, ValueError):
-            return None
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """The last lines of the process's output."""
@@ -373,12 +359,6 @@ class ReplicatorConsumer:
             raise BenchError(
                 f"replicator exited with code {code} after SIGTERM; last lines of "
                 f"{self.log_path}:\n{self.log_tail()}"
-            )
-        with connect(self.source_dsn) as conn:
-            wait_until(
-                lambda: not slot_state(conn, self.slot).active,
-                timeout,
-                f"slot {self.slot} to become inactive after replicator exited",
             )
 
     def kill(self) -> None:
@@ -427,3 +407,74 @@ class ReplicatorConsumer:
         if isinstance(tables, list):
             return all(isinstance(t, dict) and t.get("state") == "done" for t in tables)
         return True
+
+    def check(self) -> tuple[int, str]:
+        """``replicator check -c config``: its exit code and output (stdout + stderr)."""
+        result = subprocess.run(
+            self._command("check", "-c", str(self.config_path)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=client_env(),
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        return result.returncode, (result.stdout + result.stderr).strip()
+
+
+class ReplicatorConsumer(ReplicatorProcess):
+    """Replicator with one pipeline ``bench`` from the pgbench source database."""
+
+    def __init__(
+        self,
+        source_dsn: str,
+        target_dsn: str,
+        workdir: Path,
+        log_path: Path,
+        snapshot: str,
+    ) -> None:
+        """Write the pipeline's config file; ``start`` runs it."""
+        self.source_dsn = source_dsn
+        self.target_dsn = target_dsn
+        self.slot = "replicator_bench"
+        config: dict[str, Any] = {
+            "pipelines": [
+                {
+                    "name": "bench",
+                    "source": {
+                        "type": "postgres",
+                        "dsn": source_dsn,
+                        "tables": [f"public.{table}" for table in TABLES],
+                        "snapshot": snapshot,
+                    },
+                    "sink": {"type": "postgres", "dsn": target_dsn},
+                    # batch: Replicator's defaults (max_events, max_bytes, max_age_ms).
+                }
+            ],
+            "logging": {"level": "info", "format": "console"},
+        }
+        super().__init__(config, workdir / "replicator.yaml", log_path, pipeline="bench")
+
+    def applied_lsn(self, conn: psycopg.Connection[Row]) -> int | None:
+        """Replicator's checkpoint in the target (``_replicator.checkpoints``), if readable.
+
+        Best effort: it is an internal table, so any error just means "unknown".
+        """
+        try:
+            row = conn.execute(
+                "SELECT position->>'lsn' FROM _replicator.checkpoints WHERE pipeline = %s",
+                (self.pipeline,),
+            ).fetchone()
+            return parse_lsn(row[0]) if row and row[0] else None
+        except (psycopg.Error, ValueError):
+            return None
+
+    def stop(self, timeout: float) -> None:
+        """SIGTERM, exit code 0, then wait until the source's slot is released."""
+        super().stop(timeout)
+        with connect(self.source_dsn) as conn:
+            wait_until(
+                lambda: not slot_state(conn, self.slot).active,
+                timeout,
+                f"slot {self.slot} to become inactive after replicator exited",
+            )
