@@ -225,6 +225,13 @@ def spawn_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
+def reap(engine: subprocess.Popen[bytes]) -> None:
+    """Kill a spawned engine that is still running and collect its exit status."""
+    if engine.poll() is None:
+        engine.kill()
+    engine.wait(10)
+
+
 def run_cli(
     *args: str, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

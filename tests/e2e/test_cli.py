@@ -13,8 +13,10 @@ from tests.support import (
     checkpoint_lsn,
     execute,
     pipeline_dict,
+    reap,
     run_cli,
     slot_lsn,
+    snapshot_done,
     spawn_run,
     table_rows,
     wait_caught_up,
@@ -109,7 +111,8 @@ def test_run_sigterm_status_and_drop(source_dsn, target_dsn, tmp_path: Path):
     log = tmp_path / "run.log"
     engine = spawn_run(config, log)
     try:
-        wait_for(lambda: checkpoint_lsn(target_dsn, "life") > 0, 30, "the slot")
+        # The copy's row estimate is counted outside its snapshot: let it finish first.
+        wait_for(lambda: snapshot_done(target_dsn, "life", 1), 30, "the snapshot")
         execute(source_dsn, "INSERT INTO t SELECT g, 'row ' || g FROM generate_series(1, 100) g")
         wait_caught_up(source_dsn, target_dsn, "life")
         running = run_cli("status", "-c", str(config), "--json")
@@ -129,8 +132,7 @@ def test_run_sigterm_status_and_drop(source_dsn, target_dsn, tmp_path: Path):
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(30) == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     text = log.read_text()
     assert "snapshot finished" in text and len(table_rows(target_dsn, "t")) == 101
     assert slot_lsn(source_dsn, "replicator_life") == checkpoint_lsn(target_dsn, "life")

@@ -16,6 +16,7 @@ from tests.support import (
     connect,
     execute,
     pipeline_dict,
+    reap,
     slot_lsn,
     spawn_run,
     wait_caught_up,
@@ -87,8 +88,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(source_dsn, target_d
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0, log.read_text()[-3000:]
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     assert workload.transactions > 20 and workload.rollbacks > 0
     assert_same_rows(source_dsn, target_dsn, *TABLES, "sales.bulk", "sales.bulk_log")
     assert slot_lsn(source_dsn, SLOT) == checkpoint_lsn(target_dsn, "crashy")

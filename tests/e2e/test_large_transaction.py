@@ -14,6 +14,7 @@ from tests.support import (
     checkpoint_lsn,
     hold_lock,
     pipeline_dict,
+    reap,
     slot_lsn,
     spawn_run,
     wait_caught_up,
@@ -60,8 +61,7 @@ def test_two_million_row_update_with_a_stalled_target(pg_cluster_factory, target
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     text = log.read_text()
     print(f"peak RSS {rss / 1024:.0f} MB")
     assert rss < RSS_LIMIT_KB, f"peak RSS {rss / 1024:.0f} MB"

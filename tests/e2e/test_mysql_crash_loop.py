@@ -19,7 +19,7 @@ from tests.mysql_helpers import (
     wait_caught_up,
 )
 from tests.mysql_workload import Workload, table_names, table_patterns
-from tests.support import snapshot_done, snapshot_states, spawn_run, wait_for, write_config
+from tests.support import reap, snapshot_done, snapshot_states, spawn_run, wait_for, write_config
 
 BULK_ROWS = 200_000
 BULK_LOG_ROWS = 20_000
@@ -103,9 +103,7 @@ def test_sigkill_at_random_points_never_loses_or_duplicates(
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0, log.read_text()[-3000:]
     finally:
-        if engine.poll() is None:
-            engine.kill()
-            engine.wait(10)
+        reap(engine)
     print(
         f"transactions={workload.transactions} rollbacks={workload.rollbacks}"
         f" big={workload.big_transactions} truncates={workload.truncates}"

@@ -13,6 +13,7 @@ from tests.support import (
     connect,
     execute,
     pipeline_dict,
+    reap,
     run_cli,
     spawn_run,
     table_rows,
@@ -109,8 +110,7 @@ def test_sigkill_mid_snapshot_resumes_without_recopying(source_dsn, target_dsn, 
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     assert_same_rows(source_dsn, target_dsn, "nums", "notes")
     # The chunks copied before the kill were kept: the table's stream starts at their
     # (earlier) snapshot, while the rest was copied at a later one.
@@ -157,8 +157,7 @@ def test_resync_replaces_the_rows_while_streaming_continues(source_dsn, target_d
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     assert_same_rows(source_dsn, target_dsn, "nums", "notes")
     assert table_rows(target_dsn, "notes")[6] != "(7,wrong)"
     with connect(target_dsn) as conn:
@@ -212,7 +211,6 @@ def test_sigterm_mid_snapshot_exits_cleanly_and_the_next_run_finishes(
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0
     finally:
-        if engine.poll() is None:
-            engine.kill()
+        reap(engine)
     assert_same_rows(source_dsn, target_dsn, "nums")
     assert "stopped during the snapshot" in log.read_text()

@@ -23,7 +23,15 @@ from tests.mysql_helpers import (
     wait_caught_up,
 )
 from tests.mysql_workload import Workload, table_names, table_patterns
-from tests.support import RunningPipeline, run_cli, snapshot_done, spawn_run, wait_for, write_config
+from tests.support import (
+    RunningPipeline,
+    reap,
+    run_cli,
+    snapshot_done,
+    spawn_run,
+    wait_for,
+    write_config,
+)
 from tests.tcpproxy import TcpProxy
 
 POSITIONS = ["gtid", "file"]
@@ -302,9 +310,7 @@ def test_purged_binlogs_past_the_checkpoint_stop_the_start_loudly(
         engine.send_signal(signal.SIGTERM)
         assert engine.wait(60) == 0, log.read_text()[-3000:]
     finally:
-        if engine.poll() is None:
-            engine.kill()
-            engine.wait(10)
+        reap(engine)
     stopped_at = checkpoint_order(target_dsn, "purged")
     # While it is stopped: changes it has not read, then their binlog goes.
     db.execute("INSERT INTO t VALUES (3, 3)")
