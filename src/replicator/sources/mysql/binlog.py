@@ -16,20 +16,20 @@ Every event is checked against its CRC32 when the server writes checksums.
 
 from __future__ import annotations
 
-import select
 import struct
 import time
 import zlib
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
 import pymysql
-from pymysql.err import raise_mysql_exception
 from pymysql.protocol import MysqlPacket
 
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.sources.mysql import server
 from replicator.sources.mysql.position import MysqlPosition
+from replicator.sources.mysql.protocol import Packets, is_eof, lenenc
 from replicator.sources.mysql.rows import BinlogColumn
 
 QUERY_EVENT = 0x02
@@ -193,7 +193,8 @@ class BinlogConnection:
         self._read_timeout = read_timeout_s
         self._name = reporting_name[:60]
         self._conn: Any = None
-        self._packets: _Packets | None = None
+        self._packets: Packets | None = None
+        self._waiting: deque[bytes] = deque()  # received, not yet framed
         self._checksum = False
         self._control = _ControlConnection(info.mariadb)
         self._mysql_version: tuple[int, ...] = info.version
@@ -227,7 +228,7 @@ class BinlogConnection:
         self._conn = conn
         # From here on the connection only streams: packets are read here rather than by
         # PyMySQL, to know whether more is buffered and to wait with a timeout.
-        self._packets = _Packets(conn._sock)
+        self._packets = Packets(conn._sock)
 
     def _prepare_session(self, conn: Any) -> bool:
         checksum = server.variables(conn, "binlog_checksum")["binlog_checksum"]
@@ -286,6 +287,7 @@ class BinlogConnection:
         """Drop the connection; safe to call more than once."""
         conn, self._conn = self._conn, None
         self._packets = None
+        self._waiting.clear()
         if conn is not None:
             try:
                 conn.close()
@@ -296,7 +298,7 @@ class BinlogConnection:
 
     def pending(self) -> bool:
         """Whether an event can be read without waiting."""
-        return self._packets is not None and self._packets.ready()
+        return bool(self._waiting) or self._packets is not None and self._packets.ready()
 
     def read(self, timeout: float) -> Event | None:
         """The next event, or None when none arrived within ``timeout`` seconds.
@@ -309,29 +311,51 @@ class BinlogConnection:
         if packets is None:
             raise SourceConnectionError("the binlog connection is closed")
         deadline = time.monotonic() + timeout
+        waiting = self._waiting
         while True:
-            try:
-                data = packets.read(max(0.0, deadline - time.monotonic()))
-            except pymysql.Error as exc:
-                self.close()
-                raise self._refusal(exc) from exc
-            except OSError as exc:
-                self.close()
-                raise SourceConnectionError(f"lost the binlog connection: {exc}") from exc
-            if data is None:
-                if packets.silent_for() > self._read_timeout:
+            if not waiting:
+                try:
+                    waiting.extend(packets.read_all(max(0.0, deadline - time.monotonic())))
+                except pymysql.Error as exc:
                     self.close()
-                    raise SourceConnectionError(
-                        f"the binlog connection was silent for {self._read_timeout:g} s "
-                        "despite heartbeats"
-                    )
-                return None
-            if data[:1] == b"\xfe" and len(data) < 9:
+                    raise self._refusal(exc) from exc
+                except OSError as exc:
+                    self.close()
+                    raise SourceConnectionError(f"lost the binlog connection: {exc}") from exc
+                if not waiting:
+                    if packets.silent_for() > self._read_timeout:
+                        self.close()
+                        raise SourceConnectionError(
+                            f"the binlog connection was silent for {self._read_timeout:g} s "
+                            "despite heartbeats"
+                        )
+                    return None
+            data = waiting.popleft()
+            if data[5] == TABLE_MAP_EVENT and self._known_table_map(data):
+                continue
+            if is_eof(data):
                 self.close()
                 raise SourceConnectionError("the server ended the binlog stream")
-            event = self._frame(MysqlPacket(data, "utf8"), data)
+            event = self._frame(data)
             if event is not None:
                 return event
+
+    def _known_table_map(self, data: bytes) -> bool:
+        """Handle a TABLE_MAP identical to one already parsed; False for any other.
+
+        MySQL writes one before every statement's rows, so this is every other event. Its
+        checksum is not needed: a corrupted body would not equal a known one.
+        """
+        body = data[20 : len(data) - 4 if self._checksum else len(data)]
+        known = self._parsed.get(body, _UNKNOWN)
+        if known is _UNKNOWN:
+            return False
+        table_id = int.from_bytes(body[:6], "little")
+        if known is None:
+            self._tables.pop(table_id, None)  # ids are reused: forget the old meaning
+        else:
+            self._tables[table_id] = known
+        return True
 
     def _refusal(self, exc: pymysql.Error) -> SourceError:
         code = exc.args[0] if exc.args else None
@@ -345,9 +369,8 @@ class BinlogConnection:
             )
         return server.translate(exc, "reading the binlog")
 
-    def _frame(self, packet: Any, data: bytes) -> Event | None:
+    def _frame(self, data: bytes) -> Event | None:
         timestamp, kind, _, size, log_pos, flags = _HEADER.unpack_from(data, 1)
-        header = Header(timestamp, kind, size, log_pos, flags)
         end = len(data)
         if self._checksum:
             end -= 4
@@ -357,13 +380,16 @@ class BinlogConnection:
                     f"a binlog event failed its checksum (type {kind}, ending at {log_pos})",
                     fix="check the source's binlog files and the network; restart to re-read",
                 )
-        body = data[20:end]
+        # Row events and the TABLE_MAPs before them are most of the stream: no copy of
+        # their bodies, and no header object for a TABLE_MAP.
         rows = ROWS_EVENTS.get(kind)
         if rows is not None:
-            return self._rows(header, rows, body)
+            return self._rows(Header(timestamp, kind, size, log_pos, flags), rows, data, end)
         if kind == TABLE_MAP_EVENT:
-            self._table_map(packet, body)
+            self._table_map(data, data[20:end])
             return None
+        header = Header(timestamp, kind, size, log_pos, flags)
+        body = data[20:end]
         if kind == XID_EVENT:
             return Xid(header)
         if kind == MARIADB_GTID_EVENT:
@@ -386,7 +412,7 @@ class BinlogConnection:
         if kind == HEARTBEAT_EVENT:
             return Heartbeat(header, body.decode())
         if kind == FORMAT_DESCRIPTION_EVENT:
-            self._format_description(packet)
+            self._format_description(data)
             return Other(header)
         self._refuse_unsupported(kind, log_pos)
         return Other(header)
@@ -427,20 +453,21 @@ class BinlogConnection:
             return default
         return lengths[kind - 1]
 
-    def _format_description(self, packet: Any) -> None:
+    def _format_description(self, data: bytes) -> None:
         from pymysqlreplication.event import FormatDescriptionEvent
 
-        wrapper = self._wrap(packet, FormatDescriptionEvent)
+        wrapper = self._wrap(data, FormatDescriptionEvent)
         event = wrapper.event
         if event is not None:
             self._mysql_version = event.mysql_version
             self._post_header = tuple(event.post_header_len)
 
-    def _wrap(self, packet: Any, event_class: Any) -> Any:
+    def _wrap(self, data: bytes, event_class: Any) -> Any:
+        """The library's parse of one event (only where its parsing is worth having)."""
         from pymysqlreplication.packet import BinLogPacketWrapper
 
         return BinLogPacketWrapper(
-            packet,
+            MysqlPacket(data, "utf8"),
             {},
             self._control,
             self._mysql_version,
@@ -468,19 +495,19 @@ class BinlogConnection:
         text = body[start + schema_length + 1 :].decode("utf-8", "replace")
         return Query(header, schema, text)
 
-    def _table_map(self, packet: Any, body: bytes) -> None:
+    def _table_map(self, data: bytes, body: bytes) -> None:
         table_id = int.from_bytes(body[:6], "little")
         self._tables.pop(table_id, None)  # ids are reused: forget the old meaning first
         known = self._parsed.get(body)
         if known is None and body not in self._parsed:
-            known = self._parse_table_map(packet, body)
+            known = self._parse_table_map(data, body)
             if len(self._parsed) >= _TABLE_MAP_CACHE:
                 self._parsed.clear()
             self._parsed[body] = known
         if known is not None:
             self._tables[table_id] = known
 
-    def _parse_table_map(self, packet: Any, body: bytes) -> BinlogTable | None:
+    def _parse_table_map(self, data: bytes, body: bytes) -> BinlogTable | None:
         post = self._post_header_len(TABLE_MAP_EVENT, 8)
         schema_length = body[post]
         schema = body[post + 1 : post + 1 + schema_length].decode()
@@ -490,110 +517,39 @@ class BinlogConnection:
             return None
         from pymysqlreplication.row_event import TableMapEvent
 
-        event = self._wrap(packet, TableMapEvent).event
+        event = self._wrap(data, TableMapEvent).event
         if event is None:
             return None
         return _binlog_table(event)
 
-    def _rows(self, header: Header, rows: tuple[str, bool], body: bytes) -> Rows | None:
+    def _rows(self, header: Header, rows: tuple[str, bool], data: bytes, end: int) -> Rows | None:
+        """A ROWS event of a captured table; ``data`` is the whole packet, the body starts
+        at 20 and ends at ``end`` (before the checksum)."""
         kind, v2 = rows
-        table = self._tables.get(int.from_bytes(body[:6], "little"))
+        table = self._tables.get(int.from_bytes(data[20:26], "little"))
         if table is None:
             return None  # a table the pipeline does not capture
         at = self._post_header_len(header.type, 10 if v2 else 8)
         if v2:
-            extra = struct.unpack_from("<H", body, 8)[0]
+            extra = _U16(data, 28)[0]
             at = max(at, 8 + extra)
-        count, at = _lenenc(body, at)
+        count, at = lenenc(data, 20 + at)
         width = (count + 7) // 8
-        present = body[at : at + width]
+        present = data[at : at + width]
         at += width
         if kind == "update":
-            if body[at : at + width] != present:
+            if data[at : at + width] != present:
                 raise SourceError(
                     f"an update of {table.schema}.{table.name} logs different columns before "
                     "and after (binlog_row_image is not FULL)",
                     fix="SET GLOBAL binlog_row_image = FULL on the source",
                 )
             at += width
-        return Rows(header, kind, table, present, body[at:])
+        return Rows(header, kind, table, present, data[at:end])
 
 
-class _Packets:
-    """MySQL protocol packets read off a socket: 3-byte length, sequence id, payload
-    (payloads of 16 MiB - 1 bytes continue in the next packet)."""
-
-    _MAX = 0xFFFFFF
-
-    def __init__(self, sock: Any) -> None:
-        sock.settimeout(None)
-        self._sock = sock
-        self._buffer = bytearray()
-        self._pos = 0  # start of the first unread packet in _buffer
-        self._last = time.monotonic()
-
-    def _complete(self) -> int | None:
-        """The end offset of the next buffered packet sequence, if it is complete."""
-        buffer = self._buffer
-        at = self._pos
-        while True:
-            if len(buffer) < at + 4:
-                return None
-            length = int.from_bytes(buffer[at : at + 3], "little")
-            at += 4 + length
-            if len(buffer) < at:
-                return None
-            if length < self._MAX:
-                return at
-
-    def ready(self) -> bool:
-        """Whether a whole packet is buffered, or bytes are waiting in the socket."""
-        if self._complete() is not None:
-            return True
-        return bool(select.select([self._sock], [], [], 0)[0])
-
-    def silent_for(self) -> float:
-        """Seconds since the last bytes arrived."""
-        return time.monotonic() - self._last
-
-    def read(self, timeout: float) -> bytes | None:
-        """The next payload, or None if it did not arrive within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        while (end := self._complete()) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([self._sock], [], [], remaining)[0]:
-                return None
-            chunk = self._sock.recv(1 << 20)
-            if not chunk:
-                raise ConnectionResetError("the server closed the connection")
-            del self._buffer[: self._pos]  # once per receive, not once per packet
-            self._pos = 0
-            self._buffer += chunk
-            self._last = time.monotonic()
-        buffer = self._buffer
-        at = self._pos
-        length = int.from_bytes(buffer[at : at + 3], "little")
-        if at + 4 + length == end:
-            data = bytes(buffer[at + 4 : end])
-        else:
-            parts = bytearray()
-            while at < end:
-                length = int.from_bytes(buffer[at : at + 3], "little")
-                parts += buffer[at + 4 : at + 4 + length]
-                at += 4 + length
-            data = bytes(parts)
-        self._pos = end
-        if data[:1] == b"\xff":
-            raise_mysql_exception(data)
-        return data
-
-
-def _lenenc(data: bytes, at: int) -> tuple[int, int]:
-    first = data[at]
-    if first < 251:
-        return first, at + 1
-    size = {252: 2, 253: 3, 254: 8}[first]
-    return int.from_bytes(data[at + 1 : at + 1 + size], "little"), at + 1 + size
+_U16 = struct.Struct("<H").unpack_from
+_UNKNOWN: Any = object()  # not in the TABLE_MAP cache
 
 
 def _binlog_table(event: Any) -> BinlogTable:
