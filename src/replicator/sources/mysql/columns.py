@@ -174,6 +174,32 @@ _CODECS = {
 }
 
 
+# The most bytes one character takes in a character set (1 for those not listed).
+_MAX_BYTES = {
+    "utf8mb4": 4,
+    "utf8mb3": 3,
+    "utf8": 3,
+    "utf16": 4,
+    "utf16le": 4,
+    "utf32": 4,
+    "ucs2": 2,
+    "gbk": 2,
+    "gb2312": 2,
+    "gb18030": 4,
+    "big5": 2,
+    "sjis": 2,
+    "cp932": 2,
+    "ujis": 3,
+    "eucjpms": 3,
+    "euckr": 2,
+}
+
+
+def bytes_per_char(charset: str) -> int:
+    """The most bytes one character of ``charset`` takes."""
+    return _MAX_BYTES.get(charset, 1)
+
+
 def _mysql_latin1(error: UnicodeError) -> tuple[str, int]:
     # Only 0x81, 0x8D, 0x8F, 0x90 and 0x9D are undefined in cp1252; MySQL maps each to the
     # code point of the same value.

@@ -313,7 +313,9 @@ class MysqlSource(Source):
         if info is None:
             return None
         schema = tables.table_schema(table, info.columns, info.key, self._options)
-        return tables.Decoding(schema, RowDecoder([]), schema.column_names, info.key)
+        names = schema.column_names
+        key_of = tables.key_getter(names, info.key)
+        return tables.Decoding(schema, RowDecoder([]), names, info.key, key_of)
 
     # --- maintenance (CLI) ------------------------------------------------------------------
 

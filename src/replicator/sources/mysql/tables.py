@@ -12,7 +12,9 @@ pipeline with the ALTER to run (DESIGN invariant 7).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from replicator.errors import SourceError
 from replicator.events import Column, TableId, TableSchema
@@ -24,30 +26,12 @@ from replicator.sources.mysql.columns import (
     TEXTS,
     MyColumn,
     TypeOptions,
+    bytes_per_char,
     nullable_in_target,
     pg_type,
 )
 from replicator.sources.mysql.rows import BinlogColumn, RowDecoder, column_reader
 
-# Bytes per character, for comparing a VARCHAR(n)'s n with the binlog's byte length.
-_MAX_BYTES = {
-    "utf8mb4": 4,
-    "utf8mb3": 3,
-    "utf8": 3,
-    "utf16": 4,
-    "utf16le": 4,
-    "utf32": 4,
-    "ucs2": 2,
-    "gbk": 2,
-    "gb2312": 2,
-    "gb18030": 4,
-    "big5": 2,
-    "sjis": 2,
-    "cp932": 2,
-    "ujis": 3,
-    "eucjpms": 3,
-    "euckr": 2,
-}
 _INTEGER_CODES = {
     "tinyint": binlog_types.TINY,
     "smallint": binlog_types.SHORT,
@@ -72,6 +56,21 @@ class Decoding:
     decoder: RowDecoder
     names: tuple[str, ...]
     key: tuple[str, ...]
+    key_of: Callable[[tuple[Any, ...]], dict[str, Any] | None]
+    """The key columns' values of a decoded image (None for a table without a key)."""
+
+
+def key_getter(
+    names: tuple[str, ...], key: tuple[str, ...]
+) -> Callable[[tuple[Any, ...]], dict[str, Any] | None]:
+    """A fast ``image → {key column: value}`` for a table's column order."""
+    if not key:
+        return lambda image: None
+    places = [(k, names.index(k)) for k in key]
+    if len(places) == 1:
+        ((name, at),) = places
+        return lambda image: {name: image[at]}
+    return lambda image: {k: image[at] for k, at in places}
 
 
 def table_schema(
@@ -129,7 +128,7 @@ def matches(column: MyColumn, logged: BinlogColumn) -> bool:
         )
         if code not in codes or not _same_charset(column, logged):
             return False
-        per_char = _MAX_BYTES.get(column.charset or "binary", 1)
+        per_char = bytes_per_char(column.charset or "binary")
         return column.length is not None and column.length * per_char == logged.max_length
     if kind in TEXTS or kind in BLOBS or kind == "json" and code == binlog_types.BLOB:
         size = 4 if kind == "json" else _LENGTH_SIZES[kind]
@@ -204,7 +203,7 @@ def from_binlog(logged: BinlogColumn) -> MyColumn:
             length = logged.max_length
         else:
             kind = "char" if fixed else "varchar"
-            length = logged.max_length // _MAX_BYTES.get(charset, 1)
+            length = logged.max_length // bytes_per_char(charset)
     elif code == binlog_types.BLOB:
         names = TEXTS if charset else BLOBS
         kind = names[max(0, min(logged.length_size, 4) - 1)]
@@ -270,4 +269,5 @@ def _compile(
 ) -> Decoding:
     readers = [column_reader(c, b, options) for c, b in zip(columns, logged, strict=True)]
     schema = table_schema(table, columns, key, options)
-    return Decoding(schema, RowDecoder(readers), schema.column_names, key)
+    names = schema.column_names
+    return Decoding(schema, RowDecoder(readers), names, key, key_getter(names, key))
