@@ -70,14 +70,13 @@ def test_names_are_quoted_and_messages_escaped() -> None:
     literals are escaped, so any name makes valid SQL with the names intact."""
     table = TableId("my`db", "it's")
     column = MyColumn(name="a`b'c\\", data_type="date")
-    statement = copy_sql.select(table, (column,), TypeOptions(zero_dates_null=False))
+    text = MyColumn(name="t`'\\", data_type="text", charset="utf8mb4")
+    statement = copy_sql.select(table, (column, text), TypeOptions(zero_dates_null=False))
     identifiers, literals = quoted_parts(statement)
-    assert set(identifiers) == {"my`db", "it's", "a`b'c\\"}
+    assert set(identifiers) == {"my`db", "it's", "a`b'c\\", "t`'\\"}
     assert statement.endswith("FROM `my``db`.`it's`")
     assert "column a`b'c\\ of my`db.it's holds the zero date " in literals
-    assert any(
-        t.startswith("column a`b'c\\ of my`db.it's holds a value too large") for t in literals
-    )
+    assert any(t.startswith("column t`'\\ of my`db.it's holds a value too large") for t in literals)
 
 
 def test_the_where_clause_restricts_the_rows() -> None:

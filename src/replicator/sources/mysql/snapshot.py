@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pymysql
-import pymysql.cursors
 
 from replicator.contracts import (
     COPY_POSTGRES_TEXT,
@@ -31,12 +30,12 @@ from replicator.contracts import (
     TablePlan,
 )
 from replicator.errors import SourceError
-from replicator.events import TableSchema
+from replicator.events import TableId, TableSchema
 from replicator.sources.mysql import catalog, copy_sql, server
 from replicator.sources.mysql.columns import TypeOptions
 from replicator.sources.mysql.position import MysqlPosition
+from replicator.sources.mysql.protocol import result_lines
 
-_FETCH_ROWS = 5000
 _CHUNKED_KEY_TYPES = ("smallint", "integer", "bigint")
 
 
@@ -151,7 +150,7 @@ class MysqlSnapshotReader(SnapshotReader):
         if self._conn is not None and self._conn.open:
             return self._conn
         self._position = None  # a locked snapshot ends with its connection
-        conn = server.connect(self._args, cursorclass=pymysql.cursors.SSCursor)
+        conn = server.connect(self._args)
         try:
             for statement in (
                 f"SET SESSION sql_mode = '{copy_sql.SESSION_SQL_MODE}'",
@@ -165,14 +164,6 @@ class MysqlSnapshotReader(SnapshotReader):
             raise
         self._conn = conn
         return conn
-
-    def _abandon(self, cursor: Any) -> None:
-        """Drop the connection without reading the rest of an unbuffered result, which
-        could take as long as the copy (and must not be finished after the close)."""
-        result = getattr(cursor, "_result", None)
-        if result is not None:
-            result.unbuffered_active = False
-        self.close()
 
     def _begin(self) -> MysqlPosition:
         """Open the snapshot the next chunk is read in; return its binlog coordinates."""
@@ -240,31 +231,17 @@ class MysqlSnapshotReader(SnapshotReader):
             where.append(f"{key} < {int(chunk.hi)}")
         statement = copy_sql.select(table, info.columns, self._options, " AND ".join(where))
         position = self._begin()
-        cursor = self._conn.cursor()
+        rows = _Rows(self._conn, statement, table)
         try:
-            cursor.execute(statement)
-        except pymysql.Error as exc:
-            self._abandon(cursor)
-            raise server.translate(exc, f"copying {table}") from exc
-        ok = False
-        try:
-            yield CopyStream(COPY_POSTGRES_TEXT, schema.column_names, self._rows(cursor), position)
-            ok = True
-        finally:
-            if ok:
-                cursor.close()
-                if self._lock_free:
-                    server.query(self._conn, "COMMIT", doing="ending the snapshot")
-            else:
-                self._abandon(cursor)
-
-    def _rows(self, cursor: Any) -> Iterator[bytes]:
-        try:
-            while rows := cursor.fetchmany(_FETCH_ROWS):
-                for (line,) in rows:
-                    yield line
-        except pymysql.Error as exc:
-            raise server.translate(exc, "copying rows") from exc
+            yield CopyStream(COPY_POSTGRES_TEXT, schema.column_names, iter(rows), position)
+        except BaseException:
+            self.close()  # the rest of the result is still coming: the connection is spent
+            raise
+        if not rows.finished:
+            self.close()
+            raise SourceError(f"the copy of {table} stopped before its last row")
+        if self._lock_free:
+            server.query(self._conn, "COMMIT", doing="ending the snapshot")
 
     def _describe(self, schema: TableSchema) -> catalog.TableInfo:
         """The table's columns, checked against the definition the copy was planned with."""
@@ -290,3 +267,22 @@ class MysqlSnapshotReader(SnapshotReader):
                 conn.close()
             except (pymysql.Error, OSError):
                 pass  # already broken: closing is all that was left to do
+
+
+class _Rows:
+    """The COPY lines of one chunk's SELECT, read off the socket as they arrive."""
+
+    def __init__(self, conn: Any, statement: str, table: TableId) -> None:
+        self._conn = conn
+        self._statement = statement
+        self._table = table
+        self.finished = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from result_lines(self._conn, self._statement)
+        except pymysql.Error as exc:
+            raise server.translate(exc, f"copying {self._table}") from exc
+        except (OSError, ValueError) as exc:
+            raise server.translate(exc, f"copying {self._table}") from exc
+        self.finished = True
