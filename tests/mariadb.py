@@ -25,18 +25,15 @@ without running it (SIGKILL) are reaped by the next `MariaDbServer.create`.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -45,6 +42,20 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pymysql
 from pymysql.constants import CLIENT, CR, ER
+
+from tests.localserver import (
+    OsAccount,
+    child_pids,
+    destroy_at_exit,
+    free_port,
+    log_tail,
+    log_text,
+    pids_with_arg,
+    process_alive,
+    reap_orphans,
+    server_env,
+    wait_until,
+)
 
 __all__ = [
     "connect",
@@ -58,10 +69,11 @@ __all__ = [
 SettingValue = str | int | bool
 
 _FOLDER_PREFIX = "replicator-mariadb-"
-_OWNER_FILE = "owner"
 _LOG_TAIL_LINES = 40
 _START_ATTEMPTS = 3
 _START_TIMEOUT = 60.0
+# A developer's MYSQL_UNIX_PORT, MYSQL_HOME, ... must not steer the server programs.
+_ENV_PREFIXES = ("MYSQL", "MARIADB")
 # Client errors meaning "no server there (yet)" or "it hung up during the handshake".
 _NOT_LISTENING = (
     CR.CR_CONNECTION_ERROR,
@@ -190,97 +202,11 @@ def _find_program(name: str) -> str:
     return found
 
 
-def _os_user() -> pwd.struct_passwd:
-    """Return the OS account the server programs run as: `mysql` when we are root."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam("mysql")
-    except KeyError:
-        raise MariaDbError(
-            "Running as root, but there is no `mysql` OS user to run mariadbd as.\n"
-            "  Fix: install the Debian mariadb-server package (it creates the user), "
-            "or run the tests as a normal user."
-        ) from None
-
-
-def _command_prefix() -> list[str]:
-    if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    return [runuser, "-u", "mysql", "--"]
-
-
-def _server_env() -> dict[str, str]:
-    # MYSQL_* / MARIADB_* variables from the developer's shell (MYSQL_UNIX_PORT, MYSQL_HOME,
-    # ...) must not steer the server programs towards another server or option file.
-    env = {
-        key: value for key, value in os.environ.items() if not key.startswith(("MYSQL", "MARIADB"))
-    }
-    env["LC_ALL"] = "C"
-    return env
-
-
-def _free_port() -> int:
-    # The kernel picks a port nobody is bound to; another process may still take it before
-    # the server binds, which `create()` notices in the log and answers with a new port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _proc_stat(pid: int | str) -> list[str] | None:
-    """Return the fields of /proc/<pid>/stat after the command name, or None if it is gone."""
-    try:
-        # The command name in parentheses may itself contain spaces and parentheses.
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _process_alive(pid: int) -> bool:
-    """Tell whether `pid` runs; a zombie counts as dead.
-
-    The init process of some containers never reaps orphans, so a killed server can stay a
-    zombie for good; it holds no memory, sockets or files.
-    """
-    fields = _proc_stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
-
-
-def _child_pids(pid: int) -> list[int]:
-    children = []
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        fields = _proc_stat(stat_path.parent.name)
-        if fields is not None and int(fields[1]) == pid and fields[0] not in ("Z", "X"):
-            children.append(int(stat_path.parent.name))
-    return children
-
-
-def _pids_with_arg(arg: str) -> list[int]:
-    """Return the live processes that have `arg`, exactly, on their command line."""
-    pids = []
-    for cmdline_path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            args = cmdline_path.read_bytes().decode(errors="replace").split("\0")
-        except OSError:
-            continue
-        pid = int(cmdline_path.parent.name)
-        if arg in args and _process_alive(pid):
-            pids.append(pid)
-    return pids
-
-
-def _all_dead(pids: list[int]) -> bool:
-    return not any(_process_alive(pid) for pid in pids)
-
-
 def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise MariaDbError(f"Timed out after {timeout:g}s waiting for {what}.")
-        time.sleep(0.02)
+    wait_until(condition, timeout, what, MariaDbError)
+
+
+_ACCOUNT = OsAccount("mysql", "mariadb-server", "mariadbd", MariaDbError)
 
 
 class MariaDbServer:
@@ -346,10 +272,9 @@ class MariaDbServer:
         A setting of None leaves the option out: `MariaDbServer.create("plain", log_bin=None)`
         starts a server without binary logging. Underscores and dashes in names are alike.
         """
-        _reap_orphans()
+        reap_orphans(_FOLDER_PREFIX, _kill_orphan)
         install_db = _find_program("mariadb-install-db")
         _find_program("mariadbd")  # fail before making anything when it is missing
-        owner = _os_user()
         requested = {_setting_name(key): value for key, value in settings.items()}
         if "datadir" in requested:
             raise ValueError("The data directory is always <folder>/data; do not pass datadir.")
@@ -357,14 +282,12 @@ class MariaDbServer:
             if key in requested and requested[key] is None:
                 raise ValueError(f"{key} cannot be left out: the test harness talks to it.")
         safe_name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:20]
-        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{safe_name}-", dir="/tmp"))
+        folder = _ACCOUNT.new_folder(f"{_FOLDER_PREFIX}{safe_name}-")
         try:
-            os.chown(folder, owner.pw_uid, owner.pw_gid)
-            folder.chmod(0o700)
             merged = {**_default_settings(folder), **requested}
             port_setting = merged.pop("port", None)
             server_settings = {key: value for key, value in merged.items() if value is not None}
-            port = _free_port() if port_setting is None else int(port_setting)
+            port = free_port() if port_setting is None else int(port_setting)
             server = cls(
                 name,
                 folder,
@@ -378,7 +301,6 @@ class MariaDbServer:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         try:
-            server._write_file(folder / _OWNER_FILE, f"{os.getpid()} {_start_time(os.getpid())}\n")
             server._write_file(server.logfile, "")
             server._install_db(install_db)
             server._start(_START_TIMEOUT, pick_new_port=not server._fixed_port)
@@ -611,10 +533,7 @@ class MariaDbServer:
     # -- internals -------------------------------------------------------------------------
 
     def _write_file(self, path: Path, text: str, mode: int = 0o600) -> None:
-        path.write_text(text)
-        path.chmod(mode)
-        owner = _os_user()
-        os.chown(path, owner.pw_uid, owner.pw_gid)
+        _ACCOUNT.write_file(path, text, mode)
 
     def _install_db(self, install_db: str) -> None:
         # Run by mariadb-install-db after it made the system tables. It leaves root without a
@@ -660,9 +579,9 @@ class MariaDbServer:
 
     def _run(self, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*_command_prefix(), *args],
+            [*_ACCOUNT.command_prefix(), *args],
             cwd=self.folder,  # the mysql user may not be allowed into our working directory
-            env=_server_env(),
+            env=server_env(*_ENV_PREFIXES),
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -672,7 +591,7 @@ class MariaDbServer:
 
     def _command(self) -> list[str]:
         return [
-            *_command_prefix(),
+            *_ACCOUNT.command_prefix(),
             _find_program("mariadbd"),
             "--no-defaults",  # must come first
             f"--datadir={self.datadir}",
@@ -693,7 +612,7 @@ class MariaDbServer:
                 self._process = subprocess.Popen(
                     self._command(),
                     cwd=self.folder,
-                    env=_server_env(),
+                    env=server_env(*_ENV_PREFIXES),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=log,
@@ -704,9 +623,9 @@ class MariaDbServer:
             if self._wait_until_ready(timeout):
                 return
             returncode = self._process.returncode
-            port_taken = "Address already in use" in self._log_text(log_offset)
+            port_taken = "Address already in use" in log_text(self.logfile, log_offset)
             if port_taken and pick_new_port and attempt < _START_ATTEMPTS:
-                self.port = _free_port()
+                self.port = free_port()
                 continue
             fix = (
                 f"\n  Fix: port {self.port} is taken; pass another port, or none for a free one."
@@ -750,62 +669,31 @@ class MariaDbServer:
         process = self._process
         if process is None or process.poll() is not None:
             return None
-        if not _command_prefix():
+        if not _ACCOUNT.command_prefix():
             return process.pid
-        children = _child_pids(process.pid)
+        children = child_pids(process.pid)
         return children[0] if children else None
-
-    def _log_text(self, offset: int = 0) -> str:
-        try:
-            with self.logfile.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
 
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """Return the last `lines` lines of the server log, for error messages."""
-        size = self.logfile.stat().st_size if self.logfile.exists() else 0
-        return "\n".join(self._log_text(max(0, size - 16384)).splitlines()[-lines:])
+        return log_tail(self.logfile, lines)
 
 
 # -- leak protection -----------------------------------------------------------------------
 
 _live_servers: set[MariaDbServer] = set()
+destroy_at_exit(_live_servers)
 
 
-@atexit.register
-def _destroy_live_servers() -> None:
-    for server in list(_live_servers):
-        with contextlib.suppress(Exception):
-            server.destroy()
-
-
-def _start_time(pid: int) -> str:
-    # Field 22 of /proc/<pid>/stat; with the pid it identifies a process across pid reuse.
-    fields = _proc_stat(pid)
-    return fields[19] if fields is not None and len(fields) > 19 else "?"
-
-
-def _reap_orphans() -> None:
-    """Destroy servers whose creating process died without running its atexit hook.
-
-    Only folders with our prefix and an owner file are touched, and only the processes whose
-    command line names that very data directory are killed.
-    """
-    for folder in Path("/tmp").glob(f"{_FOLDER_PREFIX}*"):
-        try:
-            owner_pid, owner_start = (folder / _OWNER_FILE).read_text().split()
-        except (OSError, ValueError):
-            # No owner file yet (being created right now), or not readable by us.
-            continue
-        if _process_alive(int(owner_pid)) and _start_time(int(owner_pid)) == owner_start:
-            continue
-        # mariadbd and, when it was started as root, runuser above it.
-        pids = _pids_with_arg(f"--datadir={folder / 'data'}")
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(MariaDbError):
-            _wait_until(functools.partial(_all_dead, pids), 10, f"the processes of {folder} to die")
-        shutil.rmtree(folder, ignore_errors=True)
+def _kill_orphan(folder: Path) -> None:
+    # mariadbd and, when it was started as root, runuser above it.
+    pids = pids_with_arg(f"--datadir={folder / 'data'}")
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(MariaDbError):
+        _wait_until(
+            lambda: not any(process_alive(pid) for pid in pids),
+            10,
+            f"the processes of {folder} to die",
+        )

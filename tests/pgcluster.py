@@ -18,18 +18,14 @@ running it (SIGKILL) are reaped by the next `PgCluster.create`.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import os
-import pwd
 import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -39,12 +35,25 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
+from tests.localserver import (
+    OsAccount,
+    cmdline_has,
+    destroy_at_exit,
+    free_port,
+    group_alive,
+    log_tail,
+    log_text,
+    process_alive,
+    reap_orphans,
+    server_env,
+    wait_until,
+)
+
 __all__ = ["ClusterFactory", "PgCluster", "PgClusterError", "SettingValue", "find_bindir"]
 
 SettingValue = str | int | bool
 
 _FOLDER_PREFIX = "replicator-test-"
-_OWNER_FILE = "owner"
 _LOG_TAIL_LINES = 40
 _START_ATTEMPTS = 3
 _START_TIMEOUT = 60.0
@@ -114,43 +123,6 @@ def _server_version(bindir: Path) -> int:
     return int(match.group(1))
 
 
-def _os_user() -> pwd.struct_passwd:
-    """Return the OS account the server programs run as: `postgres` when we are root."""
-    if os.geteuid() != 0:
-        return pwd.getpwuid(os.geteuid())
-    try:
-        return pwd.getpwnam("postgres")
-    except KeyError:
-        raise PgClusterError(
-            "Running as root, but there is no `postgres` OS user to run initdb as.\n"
-            "  Fix: install the Debian postgresql package (it creates the user), "
-            "or run the tests as a normal user."
-        ) from None
-
-
-def _command_prefix() -> list[str]:
-    if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
-    return [runuser, "-u", "postgres", "--"]
-
-
-def _server_env() -> dict[str, str]:
-    # PG* variables (PGDATA, PGPORT, PGHOST, ...) from the developer's shell must not steer the
-    # server programs towards another cluster.
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
-    env["LC_ALL"] = "C"
-    return env
-
-
-def _free_port() -> int:
-    # The kernel picks a port nobody is bound to; another process may still take it before
-    # the server binds, which `start()` notices in the log and answers with a new port.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _format_value(value: SettingValue) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
@@ -168,33 +140,6 @@ def _setting_identifier(name: str) -> sql.Composable:
     return sql.SQL(".").join(sql.Identifier(part) for part in name.split("."))
 
 
-def _process_alive(pid: int) -> bool:
-    """Tell whether `pid` runs; a zombie counts as dead.
-
-    The init process of some containers never reaps orphans, so a killed postmaster can stay
-    a zombie for good; it holds no memory, sockets or locks.
-    """
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True
-    # The command name in parentheses may itself contain spaces and parentheses.
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
-def _group_alive(pgid: int) -> bool:
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat_path.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            return True
-    return False
-
-
 def _postmaster_pid(lock_file: Path) -> int | None:
     """Return the pid on the first line of a postmaster lock file, if there is one."""
     try:
@@ -205,11 +150,10 @@ def _postmaster_pid(lock_file: Path) -> int | None:
 
 
 def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise PgClusterError(f"Timed out after {timeout:g}s waiting for {what}.")
-        time.sleep(0.02)
+    wait_until(condition, timeout, what, PgClusterError)
+
+
+_ACCOUNT = OsAccount("postgres", "postgresql", "initdb", PgClusterError)
 
 
 class PgCluster:
@@ -263,27 +207,23 @@ class PgCluster:
 
         Example: `PgCluster.create("preflight", wal_level="replica")`.
         """
-        _reap_orphans()
+        reap_orphans(_FOLDER_PREFIX, _kill_orphan)
         bindir = find_bindir()
-        owner = _os_user()
         safe_name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:20]
-        folder = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{safe_name}-", dir="/tmp"))
+        folder = _ACCOUNT.new_folder(f"{_FOLDER_PREFIX}{safe_name}-")
         try:
-            os.chown(folder, owner.pw_uid, owner.pw_gid)
-            folder.chmod(0o700)
             cluster_settings = {
                 **_DEFAULT_SETTINGS,
                 "unix_socket_directories": str(folder),
                 **settings,
             }
             password = secrets.token_urlsafe(18)
-            cluster = cls(name, folder, _free_port(), password, bindir, cluster_settings)
+            cluster = cls(name, folder, free_port(), password, bindir, cluster_settings)
             _live_clusters.add(cluster)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
         try:
-            cluster._write_file(folder / _OWNER_FILE, f"{os.getpid()} {_start_time(os.getpid())}\n")
             cluster._initdb()
             cluster._write_config()
             cluster._start(_START_TIMEOUT, pick_new_port=True)
@@ -314,7 +254,7 @@ class PgCluster:
         (the OS still holds it), and `start()` afterwards runs crash recovery.
         """
         pid = _postmaster_pid(self.datadir / "postmaster.pid")
-        if pid is None or not _process_alive(pid):
+        if pid is None or not process_alive(pid):
             return
         # pg_ctl makes the postmaster a process-group leader. Killing only the postmaster would
         # leave its backends running for a while, holding the shared memory a new postmaster
@@ -322,10 +262,10 @@ class PgCluster:
         with contextlib.suppress(ProcessLookupError):
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGKILL)
-                _wait_until(lambda: not _group_alive(pid), timeout, f"{self}'s processes to die")
+                _wait_until(lambda: not group_alive(pid), timeout, f"{self}'s processes to die")
             else:
                 os.kill(pid, signal.SIGKILL)
-                _wait_until(lambda: not _process_alive(pid), timeout, f"{self} to die")
+                _wait_until(lambda: not process_alive(pid), timeout, f"{self} to die")
 
     def destroy(self) -> None:
         """Stop the server (immediately) and delete its folder; calling it again does nothing."""
@@ -346,7 +286,7 @@ class PgCluster:
     def is_running(self) -> bool:
         """Tell whether the postmaster of this cluster is alive."""
         pid = _postmaster_pid(self.datadir / "postmaster.pid")
-        return pid is not None and _process_alive(pid)
+        return pid is not None and process_alive(pid)
 
     # -- settings --------------------------------------------------------------------------
 
@@ -482,9 +422,9 @@ class PgCluster:
 
     def _run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*_command_prefix(), *args],
+            [*_ACCOUNT.command_prefix(), *args],
             cwd=self.folder,  # the postgres user may not be allowed into our working directory
-            env=_server_env(),
+            env=server_env("PG"),  # PGDATA, PGPORT, ... must not steer the programs
             stdin=subprocess.DEVNULL,
             capture_output=True,
             text=True,
@@ -493,10 +433,7 @@ class PgCluster:
         )
 
     def _write_file(self, path: Path, text: str, mode: int = 0o600) -> None:
-        path.write_text(text)
-        path.chmod(mode)
-        owner = _os_user()
-        os.chown(path, owner.pw_uid, owner.pw_gid)
+        _ACCOUNT.write_file(path, text, mode)
 
     def _initdb(self) -> None:
         pwfile = self.folder / "pwfile"
@@ -554,10 +491,10 @@ class PgCluster:
             )
             if result.returncode == 0:
                 return
-            new_log = self._log_text(log_offset)
+            new_log = log_text(self.logfile, log_offset)
             port_taken = "Address already in use" in new_log
             if port_taken and pick_new_port and attempt < _START_ATTEMPTS:
-                self.port = _free_port()
+                self.port = free_port()
                 self._write_config()
                 continue
             raise PgClusterError(
@@ -575,7 +512,7 @@ class PgCluster:
             self.folder / f".s.PGSQL.{self.port}.lock",
         ):
             pid = _postmaster_pid(lock_file)
-            if pid is not None and not _process_alive(pid):
+            if pid is not None and not process_alive(pid):
                 lock_file.unlink(missing_ok=True)
 
     def _pg_ctl(
@@ -599,61 +536,21 @@ class PgCluster:
             )
         return result
 
-    def _log_text(self, offset: int = 0) -> str:
-        try:
-            with self.logfile.open("rb") as log:
-                log.seek(offset)
-                return log.read().decode("utf-8", "replace")
-        except FileNotFoundError:
-            return ""
-
     def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
         """Return the last `lines` lines of the server log, for error messages."""
-        size = self.logfile.stat().st_size if self.logfile.exists() else 0
-        return "\n".join(self._log_text(max(0, size - 16384)).splitlines()[-lines:])
+        return log_tail(self.logfile, lines)
 
 
 # -- leak protection -----------------------------------------------------------------------
 
 _live_clusters: set[PgCluster] = set()
+destroy_at_exit(_live_clusters)
 
 
-@atexit.register
-def _destroy_live_clusters() -> None:
-    for cluster in list(_live_clusters):
-        with contextlib.suppress(Exception):
-            cluster.destroy()
-
-
-def _start_time(pid: int) -> str:
-    # Field 22 of /proc/<pid>/stat; with the pid it identifies a process across pid reuse.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return "?"
-
-
-def _reap_orphans() -> None:
-    """Destroy clusters whose creating process died without running its atexit hook."""
-    for folder in Path("/tmp").glob(f"{_FOLDER_PREFIX}*"):
-        try:
-            owner_pid, owner_start = (folder / _OWNER_FILE).read_text().split()
-        except (OSError, ValueError):
-            # No owner file yet (being created right now), or not readable by us.
-            continue
-        if _process_alive(int(owner_pid)) and _start_time(int(owner_pid)) == owner_start:
-            continue
-        datadir = folder / "data"
-        pid = _postmaster_pid(datadir / "postmaster.pid")
-        # Only kill the pid when it is still the postmaster of this very data directory.
-        if pid is not None and _process_alive(pid) and _cmdline_has(pid, str(datadir)):
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _cmdline_has(pid: int, arg: str) -> bool:
-    try:
-        return arg in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
-    except OSError:
-        return False
+def _kill_orphan(folder: Path) -> None:
+    datadir = folder / "data"
+    pid = _postmaster_pid(datadir / "postmaster.pid")
+    # Only kill the pid when it is still the postmaster of this very data directory.
+    if pid is not None and process_alive(pid) and cmdline_has(pid, str(datadir)):
+        with contextlib.suppress(OSError):
+            os.killpg(pid, signal.SIGKILL)

@@ -17,6 +17,7 @@ import pymysql
 import pytest
 from pymysql.constants import COMMAND
 
+import tests.localserver
 import tests.mariadb
 from tests.mariadb import MariaDbError, MariaDbFactory, MariaDbServer, MysqlDatabase, connect
 
@@ -74,8 +75,8 @@ def test_a_taken_port_is_replaced_by_a_free_one(
         squatter.listen()
         taken = squatter.getsockname()[1]
         ports = iter([taken])
-        free_port = tests.mariadb._free_port
-        monkeypatch.setattr(tests.mariadb, "_free_port", lambda: next(ports, None) or free_port())
+        free_port = tests.mariadb.free_port
+        monkeypatch.setattr(tests.mariadb, "free_port", lambda: next(ports, None) or free_port())
 
         server = mariadb_factory("port_taken")
 
@@ -343,7 +344,7 @@ def foreign_folders() -> Iterator[list[Path]]:
     folders = [unowned, live]
     for folder in folders:
         folder.mkdir(exist_ok=True)
-    (live / "owner").write_text(f"{os.getpid()} {tests.mariadb._start_time(os.getpid())}\n")
+    (live / "owner").write_text(f"{os.getpid()} {tests.localserver.start_time(os.getpid())}\n")
     yield folders
     for folder in folders:
         for path in folder.iterdir():
@@ -359,15 +360,15 @@ def test_server_of_a_killed_process_is_reaped_by_the_next_create(
     """A server left behind by a SIGKILLed process is killed and deleted by create(), only it."""
     assert orphan_maker.stdout is not None
     folder = Path(orphan_maker.stdout.readline().strip())
-    server_pids = tests.mariadb._pids_with_arg(f"--datadir={folder / 'data'}")
+    server_pids = tests.localserver.pids_with_arg(f"--datadir={folder / 'data'}")
     assert server_pids
     os.kill(orphan_maker.pid, signal.SIGKILL)
     orphan_maker.wait()
     assert folder.exists()
-    assert tests.mariadb._pids_with_arg(f"--datadir={folder / 'data'}") == server_pids
+    assert tests.localserver.pids_with_arg(f"--datadir={folder / 'data'}") == server_pids
 
     mariadb_factory("reaper")
 
     assert not folder.exists()
-    assert not any(tests.mariadb._process_alive(pid) for pid in server_pids)
+    assert not any(tests.localserver.process_alive(pid) for pid in server_pids)
     assert all(folder.exists() for folder in foreign_folders)
