@@ -27,10 +27,10 @@ from datetime import UTC, datetime
 
 import tenacity
 
-from replicator.engine.queue import BoundedQueue
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.events import ChangeEvent, Heartbeat, Op, StreamItem, TableId, TxCommit
 from replicator.observability.logging import get_logger
+from replicator.sources.handoff import HANDOFF_BYTES, HANDOFF_ITEMS, Handoff, Stopped
 from replicator.sources.mysql.binlog import (
     BinlogConnection,
     BinlogTable,
@@ -46,13 +46,8 @@ from replicator.sources.mysql.position import GtidState, MysqlPosition
 from replicator.sources.mysql.rows import BadValue
 from replicator.sources.mysql.tables import Decoding
 
-QUEUE_BATCHES = 64  # lists of up to HANDOFF_ITEMS items each
-QUEUE_BYTES = 64 * 1024 * 1024
-HANDOFF_ITEMS = 512
-HANDOFF_BYTES = 1024 * 1024
 _READ_TIMEOUT = 0.2
 _HEARTBEAT_SPACING = 1.0
-_BUSY_WAIT = 0.1  # seconds to wait for the next hand-over while the server still sends
 _OPS = {"insert": Op.INSERT, "update": Op.UPDATE, "delete": Op.DELETE}
 _TRUNCATE = re.compile(
     r"^\s*(?:/\*.*?\*/\s*)*TRUNCATE\s+(?:TABLE\s+)?"
@@ -64,15 +59,6 @@ Resolve = Callable[[BinlogTable], Decoding]
 """The decoding of a logged table definition (see :mod:`.tables`)."""
 Describe = Callable[[TableId], Decoding | None]
 """The current decoding of a table, for events that carry no TABLE_MAP (TRUNCATE)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    error: BaseException
-
-
-class _Stopped(Exception):
-    """The engine asked the reader to stop."""
 
 
 @dataclass
@@ -116,10 +102,8 @@ class BinlogReader:
         self._describe = describe
         self._reconnect_timeout = reconnect_timeout_s
         self._log = get_logger(pipeline=pipeline, source="mysql")
-        self._queue: BoundedQueue[list[StreamItem] | list[_Failure]] = BoundedQueue(
-            QUEUE_BATCHES, QUEUE_BYTES
-        )
         self._stopping = threading.Event()
+        self._handoff = Handoff(self._stopping)
         self._file = start.file
         self._committed = start  # end of the last transaction read completely
         self._group: _Group | None = None
@@ -138,26 +122,9 @@ class BinlogReader:
         self._thread.start()
 
     def items(self) -> Iterator[StreamItem]:
-        """Queued items in order; a ``Heartbeat()`` whenever none is ready right now.
-
-        While the server is still sending (catching up), an empty queue only means the
-        reader is busy decoding: the wait for its next hand-over is short, and the engine
-        would otherwise commit a small batch at every such moment.
-        """
-        queue = self._queue
-        while True:
-            items = queue.get_nowait()
-            if items is None and not self._caught_up:
-                items = queue.get(timeout=_BUSY_WAIT)
-            if items is None:
-                yield Heartbeat()
-                items = queue.get(timeout=1.0)
-                if items is None:
-                    continue
-            for item in items:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+        """Queued items in order; a ``Heartbeat()`` whenever none is ready right now (but
+        not while the server is still sending: see :meth:`Handoff.items`)."""
+        return self._handoff.items(busy=lambda: not self._caught_up)
 
     def stop(self) -> None:
         """Stop the thread and close the connection."""
@@ -184,16 +151,16 @@ class BinlogReader:
                 else:
                     self._caught_up = isinstance(event, ServerHeartbeat)
                     self._on_event(event)
-        except _Stopped:
+        except Stopped:
             return
         except BaseException as exc:  # noqa: BLE001 - must reach the engine thread
-            failure = _Failure(exc)
+            failure = exc
         else:
             return
         try:
             self._hand_over()  # whole transactions read before the failure still count
-            self._put([failure], 0)
-        except _Stopped:
+            self._handoff.fail(failure)
+        except Stopped:
             pass
 
     def _on_event(self, event: Event) -> None:
@@ -428,12 +395,7 @@ class BinlogReader:
         if self._ready:
             items, size = self._ready, self._ready_bytes
             self._ready, self._ready_bytes = [], 0
-            self._put(items, size)
-
-    def _put(self, items: list[StreamItem] | list[_Failure], size: int) -> None:
-        while not self._queue.put(items, size, timeout=_READ_TIMEOUT):
-            if self._stopping.is_set():
-                raise _Stopped
+            self._handoff.put(items, size)
 
     def _reconnect(self, error: SourceConnectionError) -> None:
         """Reconnect at the start of the interrupted transaction (or after the last one)."""
@@ -453,7 +415,7 @@ class BinlogReader:
 
         def attempt() -> None:
             if self._stopping.is_set():
-                raise _Stopped
+                raise Stopped
             self._conn.open(resume, by_gtid=self._by_gtid, wanted=self._captures)
 
         retrying = tenacity.Retrying(

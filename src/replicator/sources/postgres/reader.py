@@ -14,35 +14,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import psycopg
 
-from replicator.engine.queue import BoundedQueue
 from replicator.errors import ReplicatorError, SourceConnectionError, SourceError
 from replicator.events import ChangeEvent, Heartbeat, StreamItem
 from replicator.observability.redaction import redact
+from replicator.sources.handoff import HANDOFF_BYTES, HANDOFF_ITEMS, Handoff, Stopped
 from replicator.sources.postgres import pgoutput
 from replicator.sources.postgres.decoding import ChangeDecoder
 from replicator.sources.postgres.position import PgPosition
 from replicator.sources.postgres.replication import ReplicationConnection
 
-QUEUE_BATCHES = 64  # lists of up to HANDOFF_ITEMS items each
-QUEUE_BYTES = 64 * 1024 * 1024
-HANDOFF_ITEMS = 512
-HANDOFF_BYTES = 1024 * 1024
 _READ_TIMEOUT = 0.2
 _ACK_SPACING = 0.1  # at most ten status updates a second for acknowledgements
 _HEARTBEAT_SPACING = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class _Failure:
-    error: BaseException
-
-
-class _Stopped(Exception):
-    """The engine asked the reader to stop while it waited for queue space."""
 
 
 class StreamReader:
@@ -59,10 +45,10 @@ class StreamReader:
         self._repl = repl
         self._decoder = decoder
         self._interval = status_interval
-        self._queue: BoundedQueue[list[StreamItem] | list[_Failure]] = BoundedQueue(
-            QUEUE_BATCHES, QUEUE_BYTES
-        )
         self._stopping = threading.Event()
+        # Backpressure: while the queue is full, keep talking so the server does not time
+        # us out.
+        self._handoff = Handoff(self._stopping, while_full=self._send_status)
         # The engine thread writes _acked (a plain int: assignment is atomic); only this
         # thread talks to the connection.
         self._acked = start_lsn
@@ -77,18 +63,7 @@ class StreamReader:
 
     def items(self) -> Iterator[StreamItem]:
         """Queued items in order; a ``Heartbeat()`` whenever none is ready right now."""
-        queue = self._queue
-        while True:
-            items = queue.get_nowait()
-            if items is None:
-                yield Heartbeat()
-                items = queue.get(timeout=1.0)
-                if items is None:
-                    continue
-            for item in items:
-                if isinstance(item, _Failure):
-                    raise item.error
-                yield item
+        return self._handoff.items()
 
     def acknowledge(self, lsn: int) -> None:
         """Everything up to ``lsn`` is durable in the target: the server may be told so."""
@@ -122,7 +97,7 @@ class StreamReader:
         def hand_over() -> None:
             nonlocal buffer, buffered
             if buffer:
-                self._put(buffer, buffered)
+                self._handoff.put(buffer, buffered)
                 buffer = []
                 buffered = 0
 
@@ -158,33 +133,24 @@ class StreamReader:
                     last_commit_end = decoded.end_lsn
                 if len(buffer) >= HANDOFF_ITEMS or buffered >= HANDOFF_BYTES:
                     hand_over()
-        except _Stopped:
+        except Stopped:
             return
         except ReplicatorError as exc:
-            failure = _Failure(exc)
+            failure: BaseException = exc
         except pgoutput.ProtocolError as exc:
-            failure = _Failure(SourceError(f"unexpected replication data: {exc}"))
+            failure = SourceError(f"unexpected replication data: {exc}")
         except psycopg.Error as exc:
-            failure = _Failure(
-                SourceConnectionError(f"source catalog query failed: {redact(str(exc))}")
-            )
+            failure = SourceConnectionError(f"source catalog query failed: {redact(str(exc))}")
         except BaseException as exc:  # noqa: BLE001 - must reach the engine thread
-            failure = _Failure(exc)
+            failure = exc
         else:
             return
         # Complete transactions read before the failure are still worth applying.
         try:
             hand_over()
-            self._put([failure], 0)
-        except (_Stopped, ReplicatorError):
+            self._handoff.fail(failure)
+        except (Stopped, ReplicatorError):
             pass
-
-    def _put(self, items: list[StreamItem] | list[_Failure], size: int) -> None:
-        # Backpressure: stop reading, but keep talking so the server does not time us out.
-        while not self._queue.put(items, size, timeout=_READ_TIMEOUT):
-            if self._stopping.is_set():
-                raise _Stopped
-            self._send_status()
 
     def _send_status(self, force: bool = False) -> None:
         now = time.monotonic()
