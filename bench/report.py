@@ -1,35 +1,28 @@
-"""Results of a benchmark run: the data model, the terminal table and the JSON file."""
+"""Results of the PostgreSQL benchmark run: its phases and goals, their JSON and the terminal
+table."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from bench.model import Measurement, RunResults
+from bench.report_format import (
+    closing_lines,
+    cpu_lines,
+    mb_cell,
+    rate_cell,
+    seconds_cell,
+    table,
+    verdict,
+    verified_cell,
+)
 
 RATIO_GOAL = 1.0
 """Goal from the issue: Replicator takes at most as long as native logical replication."""
 
 MEMORY_GOAL_KB = 512 * 1024
 """Goal from the issue: Replicator's peak RSS stays under 512 MB."""
-
-
-@dataclass
-class Measurement:
-    """One consumer's result in one phase."""
-
-    seconds: float | None = None
-    error: str | None = None
-    skipped: str | None = None
-    peak_memory_kb: int | None = None
-    peak_rss_anon_kb: int | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def rows_per_second(self, rows: int) -> float | None:
-        """Throughput for ``rows`` rows (or row changes), when the phase finished."""
-        if self.seconds is None or self.seconds <= 0:
-            return None
-        return rows / self.seconds
 
 
 @dataclass
@@ -63,22 +56,8 @@ class Phase:
 
 
 @dataclass
-class Results:
+class Results(RunResults[Phase]):
     """Everything a run measured, plus where it stopped when it failed."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
-    source_rows: dict[str, int] = field(default_factory=dict)
-    phases: list[Phase] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    started_at: str = ""
-    finished_at: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Every phase ran for both consumers and every comparison matched."""
-        return not self.errors
 
     def peak_memory_kb(self, consumer: str) -> int | None:
         """The maximum peak RSS over all phases for ``ours`` or ``native``."""
@@ -109,45 +88,13 @@ class Results:
 
     def to_json(self) -> dict[str, Any]:
         """The whole run as plain data."""
-        return {
-            "ok": self.ok,
-            "errors": self.errors,
-            "warnings": self.warnings,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "settings": self.settings,
-            "environment": self.environment,
-            "source_rows": self.source_rows,
-            "phases": [phase.to_json() for phase in self.phases],
-            "peak_memory_kb": {
-                "ours": self.peak_memory_kb("ours"),
-                "native_workers": self.peak_memory_kb("native"),
-            },
-            "goals": self.goals(),
+        data = super().to_json()
+        data["peak_memory_kb"] = {
+            "ours": self.peak_memory_kb("ours"),
+            "native_workers": self.peak_memory_kb("native"),
         }
-
-    def write(self, path: Path) -> None:
-        """Write the JSON results file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
-
-
-def _seconds(measurement: Measurement) -> str:
-    if measurement.seconds is not None:
-        return f"{measurement.seconds:.2f}"
-    if measurement.skipped:
-        return "skipped"
-    if measurement.error:
-        return "FAILED"
-    return "-"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _mb(kb: int | None) -> str:
-    return "-" if kb is None else f"{kb / 1024:.0f}"
+        data["goals"] = self.goals()
+        return data
 
 
 def render(results: Results) -> str:
@@ -171,39 +118,27 @@ def render(results: Results) -> str:
             (
                 phase.title,
                 f"{phase.rows:,}",
-                _seconds(phase.native),
-                _seconds(phase.ours),
+                seconds_cell(phase.native),
+                seconds_cell(phase.ours),
                 "-" if ratio is None else f"{ratio:.2f}",
-                _rate(phase.native.rows_per_second(phase.rows)),
-                _rate(phase.ours.rows_per_second(phase.rows)),
-                _mb(phase.ours.peak_memory_kb),
-                _mb(phase.native.peak_memory_kb),
-                {True: "yes", False: "NO", None: "-"}[phase.verified],
+                rate_cell(phase.native.rows_per_second(phase.rows)),
+                rate_cell(phase.ours.rows_per_second(phase.rows)),
+                mb_cell(phase.ours.peak_memory_kb),
+                mb_cell(phase.native.peak_memory_kb),
+                verified_cell(phase.verified),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells))
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines = table(rows)
 
-    cpu_lines = []
-    for phase in results.phases:
-        native = phase.native.detail.get("cpu_seconds")
-        ours = phase.ours.detail.get("cpu_seconds")
-        if native is not None or ours is not None:
-            cpu_lines.append(
-                f"{phase.title}: native {native if native is not None else '-'},"
-                f" ours {ours if ours is not None else '-'}"
-            )
-    if cpu_lines:
-        lines.append("")
-        lines.append("CPU seconds used by both clusters and the consumer while each was timed:")
-        lines.extend(cpu_lines)
+    lines.extend(
+        cpu_lines(
+            "CPU seconds used by both clusters and the consumer while each was timed:",
+            [
+                (phase.title, {"native": phase.native, "ours": phase.ours})
+                for phase in results.phases
+            ],
+        )
+    )
 
     applied_lines = []
     for phase in results.phases:
@@ -226,25 +161,22 @@ def render(results: Results) -> str:
     lines.append("")
     for phase in results.phases:
         met = goals["ratio_met"].get(phase.key)
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[met]
-        lines.append(f"goal ours/native <= {RATIO_GOAL:.1f} in {phase.title}: {verdict}")
+        lines.append(f"goal ours/native <= {RATIO_GOAL:.1f} in {phase.title}: {verdict(met)}")
     peak = results.peak_memory_kb("ours")
-    memory_verdict = {True: "met", False: "NOT met", None: "not measured"}[goals["memory_met"]]
     lines.append(
-        f"goal Replicator peak memory < {MEMORY_GOAL_KB // 1024} MB: {memory_verdict}"
-        f" (peak VmHWM {_mb(peak)} MB)"
+        f"goal Replicator peak memory < {MEMORY_GOAL_KB // 1024} MB: {verdict(goals['memory_met'])}"
+        f" (peak VmHWM {mb_cell(peak)} MB)"
     )
     lines.append(
         "native peak MB is the apply/table-sync workers' VmHWM, which includes the shared"
         " buffers they touched."
     )
-    lines.append(f"all goals met: {'yes' if goals['all_met'] else 'NO'}")
-    if results.warnings:
-        lines.append("")
-        lines.append("WARNINGS (other work on the machine during a measurement):")
-        lines.extend(f"  {warning}" for warning in results.warnings)
-    if results.errors:
-        lines.append("")
-        lines.append("BENCHMARK FAILED:")
-        lines.extend(f"  {error}" for error in results.errors)
+    lines.extend(
+        closing_lines(
+            goals["all_met"],
+            results.warnings,
+            results.errors,
+            "WARNINGS (other work on the machine during a measurement):",
+        )
+    )
     return "\n".join(lines)

@@ -53,7 +53,8 @@ from bench.db import (
     slot_state,
     wait_until,
 )
-from bench.report import Measurement, Phase, Results, render
+from bench.model import Measurement
+from bench.report import Phase, Results, render
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _INITIAL_POLL = 0.2  # seconds between completion checks of an initial copy (row counts)

@@ -3,12 +3,20 @@ goals, the terminal table and the JSON file."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bench.report import Measurement
+from bench.model import Measurement, RunResults
+from bench.report_format import (
+    closing_lines,
+    cpu_lines,
+    mb_cell,
+    rate_cell,
+    seconds_cell,
+    table,
+    verdict,
+    verified_cell,
+)
 
 INITIAL_COPY_GOAL = 1.5
 """Goal from the issue: Replicator's initial copy at least 1.5× pg_chameleon's rate."""
@@ -55,22 +63,8 @@ class Phase:
 
 
 @dataclass
-class Results:
+class Results(RunResults[Phase]):
     """Everything a run measured, plus where it stopped when it failed."""
-
-    settings: dict[str, Any] = field(default_factory=dict)
-    environment: dict[str, Any] = field(default_factory=dict)
-    source_rows: dict[str, int] = field(default_factory=dict)
-    phases: list[Phase] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    started_at: str = ""
-    finished_at: str = ""
-
-    @property
-    def ok(self) -> bool:
-        """Every phase ran for the consumers measured and every comparison matched."""
-        return not self.errors
 
     def goals(self) -> dict[str, Any]:
         """Whether each phase's goal is met; None where a phase has no speedup."""
@@ -83,54 +77,9 @@ class Results:
 
     def to_json(self) -> dict[str, Any]:
         """The whole run as plain data."""
-        return {
-            "ok": self.ok,
-            "errors": self.errors,
-            "warnings": self.warnings,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-            "settings": self.settings,
-            "environment": self.environment,
-            "source_rows": self.source_rows,
-            "phases": [phase.to_json() for phase in self.phases],
-            "goals": self.goals(),
-        }
-
-    def write(self, path: Path) -> None:
-        """Write the JSON results file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2, default=str) + "\n")
-
-
-def _seconds(measurement: Measurement) -> str:
-    if measurement.seconds is not None:
-        return f"{measurement.seconds:.2f}"
-    if measurement.skipped:
-        return "skipped"
-    if measurement.error:
-        return "FAILED"
-    return "-"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
-
-
-def _mb(kb: int | None) -> str:
-    return "-" if kb is None else f"{kb / 1024:.0f}"
-
-
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-        ]
-        lines.append("  ".join(cells))
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
-    return lines
+        data = super().to_json()
+        data["goals"] = self.goals()
+        return data
 
 
 def render(results: Results) -> str:
@@ -156,34 +105,28 @@ def render(results: Results) -> str:
             (
                 phase.title,
                 f"{phase.rows:,}",
-                _seconds(phase.chameleon),
-                _seconds(phase.ours),
-                _rate(phase.chameleon.rows_per_second(phase.rows)),
-                _rate(phase.ours.rows_per_second(phase.rows)),
+                seconds_cell(phase.chameleon),
+                seconds_cell(phase.ours),
+                rate_cell(phase.chameleon.rows_per_second(phase.rows)),
+                rate_cell(phase.ours.rows_per_second(phase.rows)),
                 "-" if speedup is None else f"{speedup:.2f}x",
                 f">= {phase.goal:g}x",
-                _mb(phase.chameleon.peak_memory_kb),
-                _mb(phase.ours.peak_memory_kb),
-                {True: "yes", False: "NO", None: "-"}[phase.verified],
+                mb_cell(phase.chameleon.peak_memory_kb),
+                mb_cell(phase.ours.peak_memory_kb),
+                verified_cell(phase.verified),
             )
         )
-    lines = _table(rows)
+    lines = table(rows)
 
-    cpu_lines = []
-    for phase in results.phases:
-        chameleon = phase.chameleon.detail.get("cpu_seconds")
-        ours = phase.ours.detail.get("cpu_seconds")
-        if chameleon is not None or ours is not None:
-            cpu_lines.append(
-                f"{phase.title}: chameleon {'-' if chameleon is None else chameleon},"
-                f" ours {'-' if ours is None else ours}"
-            )
-    if cpu_lines:
-        lines.append("")
-        lines.append(
-            "CPU seconds used by MariaDB, PostgreSQL and the consumer while each was timed:"
+    lines.extend(
+        cpu_lines(
+            "CPU seconds used by MariaDB, PostgreSQL and the consumer while each was timed:",
+            [
+                (phase.title, {"chameleon": phase.chameleon, "ours": phase.ours})
+                for phase in results.phases
+            ],
         )
-        lines.extend(cpu_lines)
+    )
 
     for phase in results.phases:
         read = phase.chameleon.detail.get("read_done_seconds")
@@ -196,21 +139,15 @@ def render(results: Results) -> str:
 
     lines.append("")
     for phase in results.phases:
-        verdict = {True: "met", False: "NOT met", None: "not measured"}[phase.goal_met]
         lines.append(
-            f"goal ours >= {phase.goal:g}x pg_chameleon's rows/s in {phase.title}: {verdict}"
+            f"goal ours >= {phase.goal:g}x pg_chameleon's rows/s in {phase.title}:"
+            f" {verdict(phase.goal_met)}"
         )
     lines.append(
         "peak MB: VmHWM summed over each consumer's processes (pg_chameleon's start_replica"
         " runs three: supervisor, reader, replay)"
     )
-    lines.append(f"all goals met: {'yes' if results.goals()['all_met'] else 'NO'}")
-    if results.warnings:
-        lines.append("")
-        lines.append("WARNINGS:")
-        lines.extend(f"  {warning}" for warning in results.warnings)
-    if results.errors:
-        lines.append("")
-        lines.append("BENCHMARK FAILED:")
-        lines.extend(f"  {error}" for error in results.errors)
+    lines.extend(
+        closing_lines(results.goals()["all_met"], results.warnings, results.errors, "WARNINGS:")
+    )
     return "\n".join(lines)

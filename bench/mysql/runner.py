@@ -32,6 +32,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bench.cpu import CpuMeter
 from bench.db import BenchError, connect, wait_until
+from bench.model import Measurement
 from bench.mysql import sysbench
 from bench.mysql.binlog import BinlogPosition, master_position, scan
 from bench.mysql.chameleon import ChameleonConsumer, Endpoint
@@ -51,7 +52,6 @@ from bench.mysql.fingerprint import (
 from bench.mysql.ours import OursConsumer
 from bench.mysql.report import INITIAL_COPY_GOAL, STREAMING_GOAL, Phase, Results
 from bench.mysql.servers import Servers
-from bench.report import Measurement
 
 DATABASE = "sbtest"
 """The sysbench database in MariaDB; both consumers write it to a PostgreSQL schema of this
