@@ -3,7 +3,8 @@
 Both expose the same few operations the phases need: stop (and wait until the source's slot
 is released), resume, the slot name to watch, and memory sampling. ``ReplicatorProcess`` is
 the part of the second that does not depend on the source (start, SIGTERM, status, memory),
-shared with the MySQL benchmark (``bench.mysql``).
+shared with the MySQL benchmark (``bench.mysql``); its base ``ChildProcess`` (pid, memory,
+log tail) also serves that benchmark's pg_chameleon consumer.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ from bench.db import (
 )
 
 _SAMPLE_SPACING = 0.25  # seconds between memory samples while polling
-_LOG_TAIL_LINES = 30
+LOG_TAIL_LINES = 30
+"""How many lines of a consumer's output an error message quotes."""
 
 
 def _rss_anon_kb(pid: int) -> int | None:
@@ -110,6 +112,38 @@ class MemoryPeak:
             self.vmhwm_kb = max(self.vmhwm_kb or 0, vmhwm_kb)
         if rss_anon_kb is not None:
             self.rss_anon_kb = max(self.rss_anon_kb or 0, rss_anon_kb)
+
+
+class ChildProcess:
+    """A consumer's process, started by a subclass: its pid, its memory, its log's tail."""
+
+    def __init__(self, log_path: Path) -> None:
+        """Nothing runs yet; the process's output goes to ``log_path``."""
+        self.log_path = log_path
+        self.memory = MemoryPeak()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The running process's pid, or None."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        return self.process.pid
+
+    def sample(self, force: bool = False) -> None:
+        """Sample the process's peak RSS (VmHWM, plus any child processes')."""
+        pid = self.pid
+        if pid is None or (not force and not self.memory.due()):
+            return
+        self.memory.add(*tree_memory_kb(pid))
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of the process's output."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
 
 
 class Consumer(Protocol):
@@ -256,7 +290,7 @@ class NativeConsumer:
         return parse_lsn(row[0]) if row and row[0] else None
 
 
-class ReplicatorProcess:
+class ReplicatorProcess(ChildProcess):
     """``replicator run -c config.yaml`` as a child process, whatever the pipeline's source.
 
     Writes the config (mode 0600: it holds passwords), starts and stops the process, samples
@@ -273,12 +307,10 @@ class ReplicatorProcess:
         pipeline: str = "bench",
     ) -> None:
         """Write ``config`` to ``config_path``; ``start`` runs it."""
+        super().__init__(log_path)
         self.pipeline = pipeline
         self.config = config
         self.config_path = config_path
-        self.log_path = log_path
-        self.memory = MemoryPeak()
-        self.process: subprocess.Popen[bytes] | None = None
         self._last_status_call = 0.0
         self.last_status: dict[str, Any] | None = None
         # Private before the first byte: the file holds the source's and target's passwords.
@@ -304,20 +336,6 @@ class ReplicatorProcess:
                 env=client_env(),
             )
 
-    @property
-    def pid(self) -> int | None:
-        """The running process's pid, or None."""
-        if self.process is None or self.process.poll() is not None:
-            return None
-        return self.process.pid
-
-    def sample(self, force: bool = False) -> None:
-        """Sample the process's peak RSS (VmHWM, plus any child processes')."""
-        pid = self.pid
-        if pid is None or (not force and not self.memory.due()):
-            return
-        self.memory.add(*tree_memory_kb(pid))
-
     def check_alive(self) -> None:
         """Raise with the end of the log when the process has exited."""
         if self.process is None:
@@ -333,14 +351,6 @@ class ReplicatorProcess:
         """Called on every poll of a wait: the process must be alive; samples memory."""
         self.check_alive()
         self.sample()
-
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
-        """The last lines of the process's output."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float) -> None:
         """SIGTERM (finish the batch, checkpoint, confirm) and wait for exit code 0."""

@@ -175,9 +175,8 @@ def client_env() -> dict[str, str]:
     return env
 
 
-def run_client(program: str, *args: str, timeout: float = 3600) -> str:
-    """Run a PostgreSQL client program from the server's bindir; return stdout + stderr."""
-    command = [str(find_bindir() / program), *args]
+def run_program(command: Sequence[str], what: str, timeout: float) -> str:
+    """Run a client program to its end; return stdout + stderr, or raise naming it ``what``."""
     result = subprocess.run(
         command,
         capture_output=True,
@@ -189,10 +188,14 @@ def run_client(program: str, *args: str, timeout: float = 3600) -> str:
     )
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        raise BenchError(
-            f"{program} {' '.join(args[:3])} ... failed ({result.returncode}):\n{output}"
-        )
+        raise BenchError(f"{what} failed ({result.returncode}):\n{output}")
     return output
+
+
+def run_client(program: str, *args: str, timeout: float = 3600) -> str:
+    """Run a PostgreSQL client program from the server's bindir; return stdout + stderr."""
+    command = [str(find_bindir() / program), *args]
+    return run_program(command, f"{program} {' '.join(args[:3])} ...", timeout)
 
 
 @dataclass(frozen=True)

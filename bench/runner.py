@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +48,23 @@ from bench.db import (
     slot_state,
     wait_until,
 )
+from bench.entrypoint import (
+    add_output_option,
+    add_require_goals_option,
+    add_timeout_option,
+    exit_code,
+    now,
+    publish,
+    run_recording_errors,
+    settings_of,
+    warn_if_busy,
+)
+from bench.harness import Harness, loadavg, machine, replicator_version
 from bench.model import Measurement
 from bench.report import Phase, Results, render
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 _INITIAL_POLL = 0.2  # seconds between completion checks of an initial copy (row counts)
 _CATCHUP_POLL = 0.05  # seconds between checks of a slot's confirmed_flush_lsn
-_EXIT_GOALS_NOT_MET = 3
-_FOREIGN_CPU_WARNING = 0.10  # share of the machine's CPU time other processes may use
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -75,12 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--clients", type=int, default=4, help="pgbench -c (default 4)")
     parser.add_argument("--jobs", type=int, default=2, help="pgbench -j (default 2)")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=900,
-        help="seconds any one wait may take before the run fails (default 900)",
-    )
+    add_timeout_option(parser)
     parser.add_argument(
         "--ours-initial",
         choices=("snapshot", "dump"),
@@ -97,17 +96,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="fsync and full_page_writes on both clusters (default on, as in production)",
     )
-    parser.add_argument(
-        "--output",
-        type=Path,
-        default=RESULTS_DIR / "latest.json",
-        help="where to write the JSON results (default bench/results/latest.json)",
-    )
-    parser.add_argument(
-        "--require-goals",
-        action="store_true",
-        help=f"exit with code {_EXIT_GOALS_NOT_MET} when a goal is not met",
-    )
+    add_output_option(parser, "latest.json")
+    add_require_goals_option(parser)
     args = parser.parse_args(argv)
     if args.scale < 1 or args.duration < 1 or args.clients < 1 or args.jobs < 1:
         parser.error("--scale, --duration, --clients and --jobs must be at least 1")
@@ -116,33 +106,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _loadavg() -> float:
-    return round(os.getloadavg()[0], 2)
-
-
-class Benchmark:
+class Benchmark(Harness):
     """One run: owns the clusters, the consumers and the results."""
 
     def __init__(self, args: argparse.Namespace, results: Results) -> None:
         """Prepare an empty run; ``run`` does the work and ``cleanup`` always follows."""
+        super().__init__(results.warnings)
         self.args = args
         self.results = results
         self.clusters: list[PgCluster] = []
         self.workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-"))
         self.log_path = args.output.with_suffix(".replicator.log")
         self.ours: ReplicatorConsumer | None = None
-        self.cpu = CpuMeter([])
-        self._started = time.monotonic()
 
     # -- plumbing ----------------------------------------------------------------------------
-
-    def say(self, message: str) -> None:
-        """Progress on stdout, with the seconds since the start."""
-        print(f"[{time.monotonic() - self._started:7.1f}s] {message}", flush=True)
 
     def cleanup(self) -> None:
         """Kill a Replicator still running, destroy the clusters, remove the work folder."""
@@ -232,21 +209,13 @@ class Benchmark:
                 "max_sync_workers_per_subscription",
             )
         }
-        try:
-            replicator_version = importlib.metadata.version("replicator")
-        except importlib.metadata.PackageNotFoundError:
-            replicator_version = "unknown"
-        meminfo = Path("/proc/meminfo").read_text().splitlines()[0].split()
         return {
-            "cpus": os.cpu_count(),
-            "memory_total_kb": int(meminfo[1]),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
+            **machine(),
             "postgresql": self.source.execute("SHOW server_version")[0][0],
-            "replicator": replicator_version,
+            "replicator": replicator_version(),
             "cluster_settings": settings,
             "pgbench_init_seconds": round(load_seconds, 2),
-            "load_average_at_start": _loadavg(),
+            "load_average_at_start": loadavg(),
             "layout": "source cluster; target cluster with databases `native` and `ours`",
             "replicator_config": "batch: Replicator defaults; logging: info",
         }
@@ -264,7 +233,7 @@ class Benchmark:
 
     def _phase(self, key: str, title: str) -> Phase:
         phase = Phase(key=key, title=title)
-        phase.info["load_average_before"] = _loadavg()
+        phase.info["load_average_before"] = loadavg()
         self.results.phases.append(phase)
         return phase
 
@@ -281,43 +250,9 @@ class Benchmark:
             measurement.peak_rss_anon_kb = consumer.memory.rss_anon_kb
             consumer.memory.reset()
 
-    def _timed(
-        self,
-        measurement: Measurement,
-        label: str,
-        start: Callable[[], None],
-        wait: Callable[[float], float],
-    ) -> None:
-        """Start a consumer and wait for it; record seconds, or the error and re-raise."""
+    def before_timing(self, measurement: Measurement, label: str) -> None:
+        """CHECKPOINT both clusters before each timed step."""
         self.checkpoint()
-        self.say(f"  {label}: started")
-        cpu_start = self.cpu.sample()
-        started = time.monotonic()
-        try:
-            start()
-            finished = wait(started)
-        except BenchError as exc:
-            measurement.error = str(exc)
-            raise BenchError(f"{label}: {exc}") from None
-        measurement.seconds = finished - started
-        usage = self.cpu.since(cpu_start)
-        measurement.detail["cpu_seconds"] = round(usage.own_seconds, 2)
-        measurement.detail["foreign_cpu_seconds"] = round(usage.foreign_seconds, 2)
-        self.say(
-            f"  {label}: done in {measurement.seconds:.2f}s"
-            f" ({usage.own_seconds:.1f} CPU-s used by the servers and the consumer)"
-        )
-        capacity = (time.monotonic() - started) * (os.cpu_count() or 1)
-        if usage.foreign_seconds > _FOREIGN_CPU_WARNING * capacity:
-            warning = (
-                f"{label}: other processes on this machine used {usage.foreign_seconds:.1f}"
-                f" CPU-s during the {measurement.seconds:.1f}s measured; this timing is skewed"
-                " (busiest: "
-                + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in usage.top_foreign)
-                + ")"
-            )
-            self.results.warnings.append(warning)
-            self.say(f"  warning: {warning}")
 
     def phase_initial_copy(self) -> Phase:
         """(a) Copy the loaded pgbench database: a subscription vs Replicator's snapshot."""
@@ -327,7 +262,7 @@ class Benchmark:
         expected = self.results.source_rows
         phase.rows = sum(expected.values())
         phase.rows_meaning = "rows copied"
-        self.say(f"phase {phase.title}: {phase.rows:,} rows (load average {_loadavg()})")
+        self.say(f"phase {phase.title}: {phase.rows:,} rows (load average {loadavg()})")
         timeout = self.args.timeout
 
         def wait_native(started: float) -> float:
@@ -341,7 +276,7 @@ class Benchmark:
                     on_poll=self.native.poll,
                 )
 
-        self._timed(phase.native, "native initial copy", self.native.create, wait_native)
+        self.measure(phase.native, "native initial copy", self.native.create, wait_native)
         phase.native.detail["subscription"] = self.native.options()
 
         if self.args.ours_initial == "dump":
@@ -385,7 +320,7 @@ class Benchmark:
                 phase.ours.detail["status"] = ours.last_status
                 return finished
 
-            self._timed(phase.ours, "ours initial copy", ours.start, wait_ours)
+            self.measure(phase.ours, "ours initial copy", ours.start, wait_ours)
 
         self.verify(phase)
         return phase
@@ -440,7 +375,7 @@ class Benchmark:
                         on_poll=consumer.poll,
                     )
 
-            self._timed(measurement, label, start, wait)
+            self.measure(measurement, label, start, wait)
 
         applied = [lsn for _, lsn in timelines["native"] if lsn is not None]
         if not applied:
@@ -455,7 +390,7 @@ class Benchmark:
     def phase_pgbench_catchup(self, previous: Phase) -> Phase:
         """(b) Both stopped during a timed pgbench run, then each catches up alone."""
         phase = self._phase("pgbench_catchup", f"b. catch-up after pgbench -T {self.args.duration}")
-        self.say(f"phase {phase.title} (load average {_loadavg()}): stopping both consumers")
+        self.say(f"phase {phase.title} (load average {loadavg()}): stopping both consumers")
         self.stop_consumers(previous)
         before = current_lsn(self.source_dsn)
         self.say(f"  pgbench -n -T {self.args.duration} -c {self.args.clients} -j {self.args.jobs}")
@@ -482,7 +417,7 @@ class Benchmark:
     def phase_big_update_catchup(self, previous: Phase) -> Phase:
         """(c) Both stopped during one UPDATE of every pgbench_accounts row."""
         phase = self._phase("big_update_catchup", "c. catch-up after 1 UPDATE of all accounts")
-        self.say(f"phase {phase.title} (load average {_loadavg()}): stopping both consumers")
+        self.say(f"phase {phase.title} (load average {loadavg()}): stopping both consumers")
         self.stop_consumers(previous)
         before = current_lsn(self.source_dsn)
         started = time.monotonic()
@@ -509,7 +444,7 @@ class Benchmark:
 
     def verify(self, phase: Phase) -> None:
         """Both targets must hold exactly the source's rows (count + hash sum per table)."""
-        phase.info["load_average_after"] = _loadavg()
+        phase.info["load_average_after"] = loadavg()
         self.say(f"  verifying both targets against the source after {phase.title}")
         expected = fingerprints(self.source_dsn)
         problems: list[str] = []
@@ -536,36 +471,21 @@ class Benchmark:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON; exit 1 when the run failed."""
     args = parse_args(argv)
-    results = Results(
-        settings={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    )
-    results.started_at = _now()
+    results = Results(settings=settings_of(args))
+    results.started_at = now()
     bench = Benchmark(args, results)
-    if _loadavg() > 0.5:
-        bench.say(
-            f"warning: load average is {_loadavg()} before the start; other work on this "
-            "machine skews the timings"
-        )
+    warn_if_busy(bench.say)
     try:
-        bench.run()
-    except BenchError as exc:
-        results.errors.append(str(exc))
-    except (PgClusterError, psycopg.Error, subprocess.SubprocessError, OSError) as exc:
-        results.errors.append(f"{type(exc).__name__}: {exc}")
-    except KeyboardInterrupt:
-        results.errors.append("interrupted")
+        run_recording_errors(
+            bench.run,
+            results.errors,
+            (PgClusterError, psycopg.Error, subprocess.SubprocessError, OSError),
+        )
     finally:
         bench.say("cleaning up (destroying the clusters)")
         bench.cleanup()
-        results.finished_at = _now()
-    print()
-    print(render(results))
-    results.write(args.output)
-    print(f"\nresults: {args.output}")
+        results.finished_at = now()
+    publish(render(results), results, args.output)
     if bench.log_path.exists():
         print(f"Replicator's log: {bench.log_path}")
-    if not results.ok:
-        return 1
-    if args.require_goals and not results.goals()["all_met"]:
-        return _EXIT_GOALS_NOT_MET
-    return 0
+    return exit_code(results, args.require_goals)

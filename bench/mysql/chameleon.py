@@ -33,14 +33,13 @@ from typing import Any
 import psycopg
 import yaml
 
-from bench.consumers import MemoryPeak, tree_memory_kb
+from bench.consumers import LOG_TAIL_LINES, ChildProcess
 from bench.db import BenchError, Row
 from bench.mysql.binlog import BinlogPosition
 from bench.mysql.chameleon_venv import RunAs
 
 CONFIG_NAME = "bench"
 SOURCE_NAME = "mysql"
-_LOG_TAIL_LINES = 30
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def _settings(mysql: Endpoint, target: Endpoint, schema: str, home: Path) -> dic
     }
 
 
-class ChameleonConsumer:
+class ChameleonConsumer(ChildProcess):
     """One pg_chameleon source (``mysql``) replicating schema ``schema`` into ``target``."""
 
     label = "chameleon"
@@ -149,14 +148,12 @@ class ChameleonConsumer:
         secrets: list[str],
     ) -> None:
         """Lay out the private HOME and write the configuration file (mode 0600)."""
+        super().__init__(log_path)
         self.chameleon = chameleon
         self.run_as = run_as
         self.home = home
         self.schema = schema
-        self.log_path = log_path
         self.secrets = secrets
-        self.memory = MemoryPeak()
-        self.process: subprocess.Popen[bytes] | None = None
         self._command_name = ""
         chameleon_dir = home / ".pg_chameleon"
         subfolders = ("configuration", "logs", "pid")
@@ -233,21 +230,6 @@ class ChameleonConsumer:
         """Start ``chameleon start_replica``: the reader and replay processes catch up."""
         self._start("start_replica")
 
-    @property
-    def pid(self) -> int | None:
-        """The running command's pid, or None."""
-        if self.process is None or self.process.poll() is not None:
-            return None
-        return self.process.pid
-
-    def sample(self, force: bool = False) -> None:
-        """Sample peak RSS (VmHWM) of the command and its children (the read and replay
-        processes of ``start_replica``)."""
-        pid = self.pid
-        if pid is None or (not force and not self.memory.due()):
-            return
-        self.memory.add(*tree_memory_kb(pid))
-
     def poll(self) -> None:
         """Called on every poll of a wait: ``start_replica`` must be alive; samples memory."""
         if self._command_name == "start_replica":
@@ -292,13 +274,9 @@ class ChameleonConsumer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(30)
 
-    def log_tail(self, lines: int = _LOG_TAIL_LINES) -> str:
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of pg_chameleon's output, passwords replaced by ``[secure]``."""
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        tail = "\n".join(text.splitlines()[-lines:])
+        tail = super().log_tail(lines)
         for secret in self.secrets:
             tail = tail.replace(secret, "[secure]")
         return tail

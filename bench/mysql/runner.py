@@ -17,21 +17,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import os
-import platform
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from bench.cpu import CpuMeter
-from bench.db import BenchError, connect, wait_until
+from bench.db import BenchError, Row, connect, wait_until
+from bench.harness import Harness, loadavg, machine, replicator_version
 from bench.model import Measurement
 from bench.mysql import sysbench
 from bench.mysql.binlog import BinlogPosition, master_position, scan
@@ -59,7 +57,6 @@ name (pg_chameleon by its schema_mappings, Replicator by default)."""
 
 _INITIAL_POLL = 0.2  # seconds between completion checks of an initial copy
 _CATCHUP_POLL = 0.05  # seconds between checks of a consumer's progress
-_FOREIGN_CPU_WARNING = 0.10  # share of the machine's CPU time other processes may use
 
 # What each consumer's MariaDB account may do. pg_chameleon locks each table with FLUSH
 # TABLES … WITH READ LOCK while it notes the binlog position (RELOAD, LOCK TABLES);
@@ -71,16 +68,12 @@ _CHAMELEON_GRANTS = (
 _OURS_GRANTS = (f"SELECT ON `{DATABASE}`.*", "REPLICATION SLAVE, REPLICATION CLIENT ON *.*")
 
 
-def loadavg() -> float:
-    """The 1-minute load average, rounded."""
-    return round(os.getloadavg()[0], 2)
-
-
-class Benchmark:
+class Benchmark(Harness):
     """One run: owns the servers, the consumers and the results."""
 
     def __init__(self, args: argparse.Namespace, results: Results) -> None:
         """Prepare an empty run; ``run`` does the work and ``cleanup`` always follows."""
+        super().__init__(results.warnings)
         self.args = args
         self.results = results
         self.workdir = Path(tempfile.mkdtemp(prefix="replicator-bench-mysql-"))
@@ -91,8 +84,6 @@ class Benchmark:
         self.chameleon: ChameleonConsumer | None = None
         self.ours: OursConsumer | None = None
         self.chameleon_home: Path | None = None  # pg_chameleon's private HOME
-        self.cpu = CpuMeter([])
-        self._started = time.monotonic()
 
     @property
     def measure_chameleon(self) -> bool:
@@ -105,10 +96,6 @@ class Benchmark:
         return self.args.consumers in ("both", "ours")
 
     # -- plumbing ----------------------------------------------------------------------------
-
-    def say(self, message: str) -> None:
-        """Progress on stdout, with the seconds since the start."""
-        print(f"[{time.monotonic() - self._started:7.1f}s] {message}", flush=True)
 
     @property
     def secrets(self) -> list[str]:
@@ -206,34 +193,20 @@ class Benchmark:
             self.say("chameleon create_replica_schema, add_source (setup, not timed)")
             self.chameleon.run("create_replica_schema", with_source=False)
             self.chameleon.run("add_source")
-            with connect(self._servers.target_dsn("chameleon")) as conn:
-                status = self.chameleon.source_status(conn)
-            if status != "ready":
-                raise BenchError(
-                    f"after add_source pg_chameleon's source is {status!r}, not 'ready'; last"
-                    f" lines of {self.chameleon_log}:\n{self.chameleon.log_tail()}"
-                )
+            self._require_status("ready", "add_source")
         self.results.environment = self._environment(prepare_seconds)
 
     def _environment(self, prepare_seconds: float) -> dict[str, Any]:
         """Machine, versions and server settings, for the results file."""
-        try:
-            replicator_version = importlib.metadata.version("replicator")
-        except importlib.metadata.PackageNotFoundError:
-            replicator_version = "unknown"
-        meminfo = Path("/proc/meminfo").read_text().splitlines()[0].split()
         return {
-            "cpus": os.cpu_count(),
-            "memory_total_kb": int(meminfo[1]),
-            "platform": platform.platform(),
-            "python": sys.version.split()[0],
+            **machine(),
             **self._servers.settings(),
             "sysbench": sysbench.version(),
             "sysbench_workload": sysbench.WORKLOAD,
             "sysbench_prepare_seconds": round(prepare_seconds, 2),
             "pg_chameleon": PG_CHAMELEON_VERSION,
             "pg_chameleon_pins": list(PINS),
-            "replicator": replicator_version,
+            "replicator": replicator_version(),
             "load_average_at_start": loadavg(),
             "layout": "MariaDB source `sbtest`; one PostgreSQL cluster with databases"
             " `chameleon` and `ours`, schema `sbtest` in each",
@@ -281,57 +254,25 @@ class Benchmark:
 
     def _require_stopped(self) -> None:
         """pg_chameleon's source must say ``stopped`` after its process exited on SIGINT."""
+        self._require_status("stopped", "SIGINT")
+
+    def _require_status(self, expected: str, after: str) -> None:
+        """pg_chameleon's source must be in status ``expected`` after step ``after``."""
         assert self.chameleon is not None
         with connect(self._servers.target_dsn("chameleon")) as conn:
             status = self.chameleon.source_status(conn)
-        if status != "stopped":
+        if status != expected:
             raise BenchError(
-                f"after SIGINT pg_chameleon's source is {status!r}, not 'stopped'; last lines"
-                f" of {self.chameleon_log}:\n{self.chameleon.log_tail()}"
+                f"after {after} pg_chameleon's source is {status!r}, not {expected!r}; last"
+                f" lines of {self.chameleon_log}:\n{self.chameleon.log_tail()}"
             )
 
-    def _timed(
-        self,
-        measurement: Measurement,
-        label: str,
-        start: Callable[[], None],
-        wait: Callable[[float], float],
-    ) -> None:
-        """Start a consumer and wait for it; record seconds and CPU, or the error and re-raise."""
+    def before_timing(self, measurement: Measurement, label: str) -> None:
+        """Flush both servers' dirty pages before each timed step."""
         flush_seconds, dirty = self._servers.flush()
         measurement.detail["servers_flushed_before_seconds"] = round(flush_seconds, 2)
         if dirty:
-            warning = f"{label}: MariaDB still had {dirty} dirty pages after 60 s of flushing"
-            self.results.warnings.append(warning)
-            self.say(f"  warning: {warning}")
-        self.say(f"  {label}: started")
-        cpu_start = self.cpu.sample()
-        started = time.monotonic()
-        try:
-            start()
-            finished = wait(started)
-        except BenchError as exc:
-            measurement.error = str(exc)
-            raise BenchError(f"{label}: {exc}") from None
-        measurement.seconds = finished - started
-        usage = self.cpu.since(cpu_start)
-        measurement.detail["cpu_seconds"] = round(usage.own_seconds, 2)
-        measurement.detail["foreign_cpu_seconds"] = round(usage.foreign_seconds, 2)
-        self.say(
-            f"  {label}: done in {measurement.seconds:.2f}s"
-            f" ({usage.own_seconds:.1f} CPU-s used by the servers and the consumer)"
-        )
-        capacity = (time.monotonic() - started) * (os.cpu_count() or 1)
-        if usage.foreign_seconds > _FOREIGN_CPU_WARNING * capacity:
-            warning = (
-                f"{label}: other processes on this machine used {usage.foreign_seconds:.1f}"
-                f" CPU-s during the {measurement.seconds:.1f}s measured; this timing is skewed"
-                " (busiest: "
-                + ", ".join(f"{name} {seconds:.1f}s" for name, seconds in usage.top_foreign)
-                + ")"
-            )
-            self.results.warnings.append(warning)
-            self.say(f"  warning: {warning}")
+            self.warn(f"{label}: MariaDB still had {dirty} dirty pages after 60 s of flushing")
 
     def phase_initial_copy(self) -> Phase:
         """(a) Copy the prepared sysbench tables: ``init_replica`` vs Replicator's snapshot."""
@@ -358,7 +299,7 @@ class Benchmark:
                         on_poll=chameleon.poll,
                     )
 
-            self._timed(
+            self.measure(
                 phase.chameleon, "chameleon initial copy", chameleon.start_init, wait_chameleon
             )
 
@@ -387,7 +328,7 @@ class Benchmark:
                 phase.ours.detail["status"] = ours.last_status
                 return finished
 
-            self._timed(phase.ours, "ours initial copy", ours.start, wait_ours)
+            self.measure(phase.ours, "ours initial copy", ours.start, wait_ours)
 
         phase.info["target_column_types"] = self._column_types()
         self.verify(phase)
@@ -443,12 +384,10 @@ class Benchmark:
             goal_last_rows_event_end=str(scanned.last_row_event_end),
         )
         if scanned.row_events != result.writes:
-            warning = (
+            self.warn(
                 f"{phase.title}: sysbench reports {result.writes:,} writes but the binlog holds"
                 f" {scanned.row_events:,} row events"
             )
-            self.results.warnings.append(warning)
-            self.say(f"  warning: {warning}")
         self.say(
             f"  {result.transactions:,} transactions ({result.tps:.0f} tps), {result.writes:,}"
             f" row changes, binlog {before} -> {goal}"
@@ -472,29 +411,26 @@ class Benchmark:
         marks: dict[str, float] = {}
 
         def wait(started: float) -> float:
-            with connect(self._servers.target_dsn("chameleon")) as conn:
+            def applied(conn: psycopg.Connection[Row]) -> bool:
+                progress = chameleon.progress(conn)
+                if progress.status == "error":
+                    raise BenchError(
+                        f"pg_chameleon's source went to 'error'; last lines of"
+                        f" {self.chameleon_log}:\n{chameleon.log_tail()}"
+                    )
+                if "read" not in marks and progress.read(last_rows_event):
+                    marks["read"] = time.monotonic() - started
+                marks["replayed_rows"] = progress.replayed_rows
+                return progress.applied(last_rows_event)
 
-                def applied() -> bool:
-                    progress = chameleon.progress(conn)
-                    if progress.status == "error":
-                        raise BenchError(
-                            f"pg_chameleon's source went to 'error'; last lines of"
-                            f" {self.chameleon_log}:\n{chameleon.log_tail()}"
-                        )
-                    if "read" not in marks and progress.read(last_rows_event):
-                        marks["read"] = time.monotonic() - started
-                    marks["replayed_rows"] = progress.replayed_rows
-                    return progress.applied(last_rows_event)
+            return self._wait_for_target(
+                "chameleon",
+                applied,
+                f"pg_chameleon to read and replay the binlog up to {last_rows_event}",
+                chameleon.poll,
+            )
 
-                return wait_until(
-                    applied,
-                    self.args.timeout,
-                    f"pg_chameleon to read and replay the binlog up to {last_rows_event}",
-                    interval=_CATCHUP_POLL,
-                    on_poll=chameleon.poll,
-                )
-
-        self._timed(phase.chameleon, "chameleon catch-up", chameleon.start_replica, wait)
+        self.measure(phase.chameleon, "chameleon catch-up", chameleon.start_replica, wait)
         if "read" in marks:
             phase.chameleon.detail["read_done_seconds"] = round(marks["read"], 3)
         phase.chameleon.detail["replayed_rows_in_catalogue"] = int(marks.get("replayed_rows", 0))
@@ -509,21 +445,32 @@ class Benchmark:
         assert ours is not None
 
         def wait(started: float) -> float:
-            with connect(self._servers.target_dsn("ours")) as conn:
+            def applied(conn: psycopg.Connection[Row]) -> bool:
+                position = ours.checkpoint(conn)
+                return position is not None and position.reached(goal)
 
-                def applied() -> bool:
-                    position = ours.checkpoint(conn)
-                    return position is not None and position.reached(goal)
+            return self._wait_for_target(
+                "ours", applied, f"Replicator's checkpoint to reach {goal}", ours.poll
+            )
 
-                return wait_until(
-                    applied,
-                    self.args.timeout,
-                    f"Replicator's checkpoint to reach {goal}",
-                    interval=_CATCHUP_POLL,
-                    on_poll=ours.poll,
-                )
+        self.measure(phase.ours, "ours catch-up", ours.start, wait)
 
-        self._timed(phase.ours, "ours catch-up", ours.start, wait)
+    def _wait_for_target(
+        self,
+        label: str,
+        applied: Callable[[psycopg.Connection[Row]], bool],
+        what: str,
+        on_poll: Callable[[], None],
+    ) -> float:
+        """Poll ``applied`` on a connection to consumer ``label``'s target until it holds."""
+        with connect(self._servers.target_dsn(label)) as conn:
+            return wait_until(
+                lambda: applied(conn),
+                self.args.timeout,
+                what,
+                interval=_CATCHUP_POLL,
+                on_poll=on_poll,
+            )
 
     # -- verification ------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from bench.db import BenchError, client_env
+from bench.db import BenchError, run_program
 
 WORKLOAD = "oltp_write_only"
 CHANGES_PER_TRANSACTION = 4
@@ -66,20 +66,9 @@ def _sysbench() -> str:
 
 
 def _run(target: SysbenchTarget, *args: str, timeout: float) -> str:
-    # The command line holds a password: errors show the output only, never the command.
-    result = subprocess.run(
-        [_sysbench(), WORKLOAD, *target.options(), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=client_env(),
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    output = result.stdout + result.stderr
-    if result.returncode != 0:
-        raise BenchError(f"sysbench {WORKLOAD} {args[-1]} failed ({result.returncode}):\n{output}")
-    return output
+    # The command line holds a password: errors name the step only, never the command.
+    command = [_sysbench(), WORKLOAD, *target.options(), *args]
+    return run_program(command, f"sysbench {WORKLOAD} {args[-1]}", timeout)
 
 
 def prepare(target: SysbenchTarget, threads: int, timeout: float = 3600) -> float:
