@@ -13,9 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# Database servers the test suite starts in temporary folders (installed only when missing).
+# Servers the test suite starts in temporary folders (installed only when missing): the
+# database servers from Debian packages, Kafka's jars from Maven Central.
 servers:
 	@scripts/ensure-servers.sh
+	@scripts/ensure-kafka.sh
 
 test: install servers
 	$(BIN)/pytest

@@ -1,4 +1,5 @@
-"""Fixtures shared by the whole suite: real PostgreSQL servers, started on first use.
+"""Fixtures shared by the whole suite: real PostgreSQL, MariaDB and Kafka servers, started
+on first use.
 
 Every server fixture is lazy, so `pytest tests/unit` starts none. `source_cluster` and
 `target_cluster` live for the session; each test that asks for `source_dsn` / `target_dsn`
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.kafkabroker import KafkaBroker
 from tests.mariadb import MariaDbFactory, MariaDbServer, MysqlDatabase
 from tests.mariadb import SettingValue as MariaDbSetting
 from tests.pgcluster import ClusterFactory, PgCluster, SettingValue
@@ -134,3 +136,20 @@ def _fresh_database_name(request: pytest.FixtureRequest) -> str:
     # As in _fresh_database; MariaDB allows 64 characters.
     stem = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:45]
     return f"t_{stem}_{secrets.token_hex(4)}"
+
+
+# -- Kafka ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[KafkaBroker]:
+    """The session's Kafka broker (KRaft, one node); tests keep to topics of their own."""
+    broker = KafkaBroker.create("events")
+    yield broker
+    broker.destroy()
+
+
+@pytest.fixture
+def kafka_topic_prefix(request: pytest.FixtureRequest) -> str:
+    """A topic-name prefix no other test uses, for topics on the shared broker."""
+    return _fresh_database_name(request)
