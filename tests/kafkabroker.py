@@ -35,16 +35,25 @@ from tests.localserver import (
     OsAccount,
     destroy_at_exit,
     free_port,
+    kill_processes_with_arg,
     log_tail,
     log_text,
-    pids_with_arg,
-    process_alive,
     reap_orphans,
     server_env,
     wait_until,
 )
 
-__all__ = ["KafkaBroker", "KafkaError", "PropertyValue", "kafka_libs", "kafka_version"]
+__all__ = [
+    "KafkaBroker",
+    "KafkaError",
+    "PropertyValue",
+    "cache_root",
+    "find_java",
+    "kafka_libs",
+    "kafka_version",
+    "pom_property",
+    "properties_text",
+]
 
 PropertyValue = str | int | bool
 
@@ -99,20 +108,30 @@ class KafkaError(RuntimeError):
 _ACCOUNT = OsAccount(pwd.getpwuid(os.geteuid()).pw_name, "", "kafka", KafkaError)
 
 
+def pom_property(pom: Path, name: str) -> str:
+    """A ``<properties>`` value of a pom.xml (the versions its dependencies name)."""
+    match = re.search(rf"<{re.escape(name)}>([^<]+)</{re.escape(name)}>", pom.read_text())
+    if match is None:
+        raise KafkaError(f"{pom} names no <{name}>.")
+    return match.group(1)
+
+
 def kafka_version() -> str:
     """The Kafka version `tests/kafka/pom.xml` names."""
-    match = re.search(r"<kafka\.version>([^<]+)</kafka\.version>", _POM.read_text())
-    if match is None:
-        raise KafkaError(f"{_POM} names no <kafka.version>.")
-    return match.group(1)
+    return pom_property(_POM, "kafka.version")
+
+
+def cache_root() -> Path:
+    """Where fetched jars are kept (as `scripts/ensure-kafka.sh` puts them)."""
+    return Path(
+        os.environ.get("REPLICATOR_KAFKA_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "replicator"
+    )
 
 
 def kafka_libs() -> Path:
     """The folder of Kafka's jars (as `scripts/ensure-kafka.sh` fills it)."""
-    cache = os.environ.get("REPLICATOR_KAFKA_CACHE") or str(
-        Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "replicator"
-    )
-    libs = Path(cache) / f"kafka-{kafka_version()}"
+    libs = cache_root() / f"kafka-{kafka_version()}"
     if not (libs / ".complete").exists():
         raise KafkaError(
             f"Kafka's jars are not in {libs}.\n"
@@ -122,7 +141,8 @@ def kafka_libs() -> Path:
     return libs
 
 
-def _java() -> str:
+def find_java() -> str:
+    """The `java` of JAVA_HOME, else the one on PATH."""
     home = os.environ.get("JAVA_HOME")
     found = str(Path(home) / "bin" / "java") if home else shutil.which("java")
     if not found or not Path(found).exists():
@@ -133,13 +153,16 @@ def _java() -> str:
     return found
 
 
-def _property_line(name: str, value: PropertyValue) -> str:
-    if isinstance(value, bool):
-        value = "true" if value else "false"
-    text = str(value)
-    if "\n" in text or "\n" in name:
-        raise ValueError(f"a Kafka property cannot span lines: {name}={text!r}")
-    return f"{name}={text}\n"
+def properties_text(settings: Mapping[str, PropertyValue]) -> str:
+    """A Java ``.properties`` file of ``settings`` (booleans as ``true``/``false``)."""
+    lines = []
+    for name, value in settings.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if "\n" in text or "\n" in name:
+            raise ValueError(f"a property cannot span lines: {name}={text!r}")
+        # java.util.Properties reads a backslash as an escape.
+        lines.append(f"{name}={text.replace(chr(92), chr(92) * 2)}\n")
+    return "".join(lines)
 
 
 class KafkaBroker:
@@ -193,7 +216,7 @@ class KafkaBroker:
         """Make, format and start a new broker; `properties` override the defaults."""
         reap_orphans(_FOLDER_PREFIX, _kill_orphan)
         libs = kafka_libs()
-        java = _java()
+        java = find_java()
         safe_name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:20]
         folder = _ACCOUNT.new_folder(f"{_FOLDER_PREFIX}{safe_name}-")
         broker = cls(name, folder, {**_DEFAULT_PROPERTIES, **(properties or {})})
@@ -308,7 +331,7 @@ class KafkaBroker:
             "controller.quorum.bootstrap.servers": f"{self.host}:{self.controller_port}",
             "log.dirs": str(self.datadir),
         }
-        self._config.write_text("".join(_property_line(k, v) for k, v in properties.items()))
+        self._config.write_text(properties_text(properties))
 
     def _java_command(self, java: str, libs: Path, main: str, *args: str) -> list[str]:
         return [
@@ -350,7 +373,7 @@ class KafkaBroker:
             raise KafkaError(f"{self} was destroyed.")
         if self.is_running:
             return
-        command = self._java_command(_java(), kafka_libs(), "kafka.Kafka", str(self._config))
+        command = self._java_command(find_java(), kafka_libs(), "kafka.Kafka", str(self._config))
         for attempt in range(1, _START_ATTEMPTS + 1):
             offset = self.logfile.stat().st_size
             with self.logfile.open("ab") as log:
@@ -403,14 +426,6 @@ destroy_at_exit(_live_brokers)
 
 
 def _kill_orphan(folder: Path) -> None:
-    pids = pids_with_arg(str(folder / "server.properties"))
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(KafkaError):
-        wait_until(
-            lambda: not any(process_alive(pid) for pid in pids),
-            10,
-            f"the processes of {folder} to die",
-            KafkaError,
-        )
+    kill_processes_with_arg(
+        str(folder / "server.properties"), f"the processes of {folder} to die", KafkaError
+    )

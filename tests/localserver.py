@@ -13,6 +13,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -198,6 +199,18 @@ def destroy_at_exit(live: set[Any]) -> None:
                 server.destroy()
 
     atexit.register(destroy_all)
+
+
+def kill_processes_with_arg(arg: str, what: str, error: type[Exception]) -> None:
+    """SIGKILL every live process with ``arg`` on its command line and wait (10 s at most)
+    until they are gone; a wait that times out is let go (the caller removes their folder
+    anyway)."""
+    pids = pids_with_arg(arg)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(error):
+        wait_until(lambda: not any(process_alive(pid) for pid in pids), 10, what, error)
 
 
 def reap_orphans(prefix: str, kill: Callable[[Path], None]) -> None:

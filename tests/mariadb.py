@@ -48,10 +48,9 @@ from tests.localserver import (
     child_pids,
     destroy_at_exit,
     free_port,
+    kill_processes_with_arg,
     log_tail,
     log_text,
-    pids_with_arg,
-    process_alive,
     reap_orphans,
     server_env,
     wait_until,
@@ -687,13 +686,6 @@ destroy_at_exit(_live_servers)
 
 def _kill_orphan(folder: Path) -> None:
     # mariadbd and, when it was started as root, runuser above it.
-    pids = pids_with_arg(f"--datadir={folder / 'data'}")
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(MariaDbError):
-        _wait_until(
-            lambda: not any(process_alive(pid) for pid in pids),
-            10,
-            f"the processes of {folder} to die",
-        )
+    kill_processes_with_arg(
+        f"--datadir={folder / 'data'}", f"the processes of {folder} to die", MariaDbError
+    )
