@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from tests.localserver import (
+    ChildProcessServer,
     OsAccount,
     destroy_at_exit,
     free_port,
@@ -165,7 +166,7 @@ def properties_text(settings: Mapping[str, PropertyValue]) -> str:
     return "".join(lines)
 
 
-class KafkaBroker:
+class KafkaBroker(ChildProcessServer):
     """A throw-away single-node Kafka (KRaft) in its own folder under /tmp.
 
     Make one with `KafkaBroker.create`; it is running when returned. Its folder holds
@@ -177,13 +178,11 @@ class KafkaBroker:
 
     def __init__(self, name: str, folder: Path, properties: dict[str, PropertyValue]) -> None:
         """Describe a broker folder; use `KafkaBroker.create` to make one."""
+        super().__init__(folder)
         self.name = name
-        self.folder = folder
         self._properties = properties
         self.port = free_port()
         self.controller_port = free_port()
-        self._process: subprocess.Popen[bytes] | None = None
-        self._destroyed = False
 
     def __repr__(self) -> str:
         return f"KafkaBroker(name={self.name!r}, port={self.port}, folder={str(self.folder)!r})"
@@ -220,7 +219,7 @@ class KafkaBroker:
         safe_name = re.sub(r"[^A-Za-z0-9_]", "_", name)[:20]
         folder = _ACCOUNT.new_folder(f"{_FOLDER_PREFIX}{safe_name}-")
         broker = cls(name, folder, {**_DEFAULT_PROPERTIES, **(properties or {})})
-        _live_brokers.add(broker)
+        cls.live.add(broker)
         try:
             (folder / "log4j2.yaml").write_text(_LOG4J_CONFIG)
             broker.logfile.write_text("")
@@ -268,22 +267,6 @@ class KafkaBroker:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise KafkaError(f"{self} did not die within {timeout:g}s of SIGKILL.") from None
-
-    def destroy(self) -> None:
-        """Kill the broker and delete its folder; calling it again does nothing."""
-        if self._destroyed:
-            return
-        try:
-            self.kill()
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self._destroyed = True
-            _live_brokers.discard(self)
-
-    @property
-    def is_running(self) -> bool:
-        """Whether the broker's JVM is alive (it may still be starting up)."""
-        return self._process is not None and self._process.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
         """The last `lines` lines the broker printed, for error messages."""
@@ -421,8 +404,8 @@ class KafkaBroker:
 
 # -- leak protection -----------------------------------------------------------------------
 
-_live_brokers: set[KafkaBroker] = set()
-destroy_at_exit(_live_brokers)
+KafkaBroker.live = set()
+destroy_at_exit(KafkaBroker.live)
 
 
 def _kill_orphan(folder: Path) -> None:

@@ -15,11 +15,12 @@ import pwd
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 _OWNER_FILE = "owner"
 
@@ -185,6 +186,46 @@ def log_tail(path: Path, lines: int = 40) -> str:
     """The last ``lines`` lines of a server log, for error messages."""
     size = path.stat().st_size if path.exists() else 0
     return "\n".join(log_text(path, max(0, size - 16384)).splitlines()[-lines:])
+
+
+# -- servers run as one child process --------------------------------------------------------
+
+
+class ChildProcessServer:
+    """What a server run as one child process of ours (``_process``) in its own ``folder``
+    shares: telling whether it runs, and being destroyed.
+
+    Every instance is in its class's ``live`` set from creation until destroyed (see
+    :func:`destroy_at_exit`); subclasses give ``kill``.
+    """
+
+    live: ClassVar[set[Any]]
+
+    def __init__(self, folder: Path) -> None:
+        """Describe a server in ``folder``; nothing runs yet."""
+        self.folder = folder
+        self._process: subprocess.Popen[bytes] | None = None
+        self._destroyed = False
+
+    def kill(self, timeout: float = 30) -> None:
+        """Crash the server (SIGKILL) and wait until it is gone."""
+        raise NotImplementedError
+
+    @property
+    def is_running(self) -> bool:
+        """Whether the server's process is alive (it may still be starting up)."""
+        return self._process is not None and self._process.poll() is None
+
+    def destroy(self) -> None:
+        """Kill the server and delete its folder; calling it again does nothing."""
+        if self._destroyed:
+            return
+        try:
+            self.kill()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self._destroyed = True
+            type(self).live.discard(self)
 
 
 # -- leak protection -------------------------------------------------------------------------

@@ -44,6 +44,7 @@ import pymysql
 from pymysql.constants import CLIENT, CR, ER
 
 from tests.localserver import (
+    ChildProcessServer,
     OsAccount,
     child_pids,
     destroy_at_exit,
@@ -208,7 +209,7 @@ def _wait_until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 _ACCOUNT = OsAccount("mysql", "mariadb-server", "mariadbd", MariaDbError)
 
 
-class MariaDbServer:
+class MariaDbServer(ChildProcessServer):
     """A throw-away MariaDB server in its own folder under /tmp.
 
     Make one with `MariaDbServer.create`; it is running when returned. Its folder holds
@@ -230,14 +231,12 @@ class MariaDbServer:
         fixed_port: bool,
     ) -> None:
         """Describe a server folder; use `MariaDbServer.create` to make one."""
+        super().__init__(folder)
         self.name = name
-        self.folder = folder
         self.port = port
         self.password = password
         self._settings = settings
         self._fixed_port = fixed_port
-        self._process: subprocess.Popen[bytes] | None = None
-        self._destroyed = False
 
     def __repr__(self) -> str:
         return f"MariaDbServer(name={self.name!r}, port={self.port}, folder={str(self.folder)!r})"
@@ -295,7 +294,7 @@ class MariaDbServer:
                 server_settings,
                 fixed_port=port_setting is not None,
             )
-            _live_servers.add(server)
+            cls.live.add(server)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -361,22 +360,6 @@ class MariaDbServer:
             process.wait(timeout)
         except subprocess.TimeoutExpired:
             raise MariaDbError(f"{self} did not die within {timeout:g}s of SIGKILL.") from None
-
-    def destroy(self) -> None:
-        """Kill the server and delete its folder; calling it again does nothing."""
-        if self._destroyed:
-            return
-        try:
-            self.kill()
-        finally:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self._destroyed = True
-            _live_servers.discard(self)
-
-    @property
-    def is_running(self) -> bool:
-        """Tell whether the server process is alive (it may still be starting up)."""
-        return self._process is not None and self._process.poll() is None
 
     # -- SQL -------------------------------------------------------------------------------
 
@@ -680,8 +663,8 @@ class MariaDbServer:
 
 # -- leak protection -----------------------------------------------------------------------
 
-_live_servers: set[MariaDbServer] = set()
-destroy_at_exit(_live_servers)
+MariaDbServer.live = set()
+destroy_at_exit(MariaDbServer.live)
 
 
 def _kill_orphan(folder: Path) -> None:
