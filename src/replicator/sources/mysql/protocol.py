@@ -21,7 +21,9 @@ from pymysql.err import raise_mysql_exception
 _U32 = struct.Struct("<I").unpack_from
 _MAX = 0xFFFFFF  # a payload this long continues in the next packet
 _RECEIVE = 1 << 20
-_PREFIXES = {0xFC: 3, 0xFD: 4, 0xFE: 9}  # length-encoded string: bytes before the value
+_LENENC_SIZES = {0xFC: 2, 0xFD: 3, 0xFE: 8}  # length-encoded integer: bytes after the first
+# A length-encoded string: bytes before the value (the marker and its length).
+_PREFIXES = {marker: 1 + size for marker, size in _LENENC_SIZES.items()}
 
 
 class Packets:
@@ -133,7 +135,7 @@ def lenenc(data: bytes, at: int) -> tuple[int, int]:
     first = data[at]
     if first < 251:
         return first, at + 1
-    size = {252: 2, 253: 3, 254: 8}.get(first)
+    size = _LENENC_SIZES.get(first)
     if size is None:
         raise ValueError(f"not a length-encoded integer: {first:#x}")
     return int.from_bytes(data[at + 1 : at + 1 + size], "little"), at + 1 + size
