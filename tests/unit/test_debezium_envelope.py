@@ -175,16 +175,21 @@ def test_source_orders_of_the_other_connectors() -> None:
 
 
 def test_mongodb_documents_are_parsed_from_their_extended_json() -> None:
-    """MongoDB's connector writes ``after`` as a string of extended JSON."""
+    """MongoDB's connector writes ``after`` as a string of extended JSON; it becomes an
+    ``_id`` key column and a ``document`` column."""
     value = {
         "after": '{"_id": {"$oid": "5d5c7f5d0aa3c56ea4a4bdd3"}, "name": "Ada"}',
         "source": {"connector": "mongodb", "ts_ms": 1_000, "ord": 1, "collection": "c"},
         "op": "c",
         "ts_ms": 1_001,
     }
-    change = read_message(b'{"id": "5d5c7f5d0aa3c56ea4a4bdd3"}', json.dumps(value).encode())
+    key = json.dumps({"id": json.dumps({"$oid": "5d5c7f5d0aa3c56ea4a4bdd3"})}).encode()
+    change = read_message(key, json.dumps(value).encode())
     assert isinstance(change, Change) and change.order == (1, 1)
-    assert change.after == {"_id": {"$oid": "5d5c7f5d0aa3c56ea4a4bdd3"}, "name": "Ada"}
+    assert change.after == {
+        "_id": "5d5c7f5d0aa3c56ea4a4bdd3",
+        "document": {"_id": {"$oid": "5d5c7f5d0aa3c56ea4a4bdd3"}, "name": "Ada"},
+    }
 
 
 def test_what_is_not_a_debezium_event_gets_a_clear_error() -> None:
