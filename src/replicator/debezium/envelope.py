@@ -48,6 +48,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from replicator.debezium.logical import Decode, FieldType, decoder, field_type, pg_type
 from replicator.errors import SourceError
 from replicator.events import UNCHANGED, Column, Op, Row
@@ -143,7 +145,7 @@ def read_message(key: bytes | None, value: bytes | None) -> Message:
     if value_json is None:
         return Tombstone(key_row)
     schema, payload = _split(value_json)
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         raise SourceError(f"a Debezium message value is not an object: {value_json!r:.200}")
     if "op" in payload:
         return _change(schema, payload, key_row, key_json)
@@ -159,11 +161,38 @@ def read_message(key: bytes | None, value: bytes | None) -> Message:
     )
 
 
+_SCHEMA_START = b'{"schema":'
+_PAYLOAD_START = b',"payload":'
+# Raw schema JSON → its parsed form, shared by every message with that schema: the derived
+# decoders are then cached by the parsed object's identity instead of re-serialising it.
+_parsed_schemas: dict[bytes, Any] = {}
+
+
 def _parse(data: bytes | None, part: str) -> Any:
     if data is None:
         return None
     try:
-        return json.loads(data)
+        # JsonConverter writes {"schema":…,"payload":…} compactly, schema first: parse the
+        # (large, repeated) schema once per distinct text, and only the payload per message.
+        if data.startswith(_SCHEMA_START) and data.endswith(b"}"):
+            cut = data.find(_PAYLOAD_START)
+            if cut > 0:
+                raw = bytes(data[len(_SCHEMA_START) : cut])
+                schema = _parsed_schemas.get(raw)
+                if schema is None:
+                    schema = _loads(raw)
+                    if len(_parsed_schemas) >= _CACHE_LIMIT:
+                        _forget_schemas()
+                    _parsed_schemas[raw] = schema
+                    _shared_nodes.update(_dict_ids(schema))
+                try:
+                    return {
+                        "schema": schema,
+                        "payload": _loads(data[cut + len(_PAYLOAD_START) : -1]),
+                    }
+                except ValueError:
+                    pass  # not the layout it looked like: parse it whole
+        return _loads(data)
     except ValueError as exc:
         raise SourceError(
             f"a Kafka message {part} is not JSON: {exc}",
@@ -173,7 +202,7 @@ def _parse(data: bytes | None, part: str) -> Any:
 
 def _split(message: Any) -> tuple[Mapping[str, Any] | None, Any]:
     """The schema (or None) and the payload of a converter record."""
-    if isinstance(message, Mapping) and "payload" in message and "schema" in message:
+    if isinstance(message, dict) and "payload" in message and "schema" in message:
         return message["schema"], message["payload"]
     return None, message
 
@@ -182,7 +211,7 @@ def _key_row(key_json: Any) -> Row | None:
     schema, payload = _split(key_json)
     if payload is None:
         return None
-    if not isinstance(payload, Mapping):
+    if not isinstance(payload, dict):
         # A bare scalar key has no column name.
         return {"id": payload}
     if schema is None:
@@ -217,7 +246,7 @@ def _change(
     key_json: Any,
 ) -> Change:
     source = payload.get("source") or {}
-    if not isinstance(source, Mapping):
+    if not isinstance(source, dict):
         raise SourceError(f"a Debezium event's source is not an object: {source!r:.120}")
     connector = source.get("connector")
     op = _op(payload["op"], connector)
@@ -256,7 +285,7 @@ def _change(
 
 
 def _transaction(transaction: Any) -> TransactionRef:
-    if not isinstance(transaction, Mapping) or "id" not in transaction:
+    if not isinstance(transaction, dict) or "id" not in transaction:
         raise SourceError(f"a Debezium event's transaction block has no id: {transaction!r:.120}")
     return TransactionRef(
         str(transaction["id"]),
@@ -268,7 +297,7 @@ def _transaction(transaction: Any) -> TransactionRef:
 def _image(row: Any) -> Row | None:
     if row is None:
         return None
-    if not isinstance(row, Mapping):
+    if not isinstance(row, dict):
         raise SourceError(
             f"a Debezium event's row image is not an object: {row!r:.120}",
             fix="only MongoDB's connector writes row images as strings; check that the "
@@ -426,7 +455,7 @@ def _cassandra_rows(
     """The before and after rows and the columns of a Cassandra event (which has no before:
     Cassandra does not read before it writes)."""
     cells = payload.get("after")
-    if cells is not None and not isinstance(cells, Mapping):
+    if cells is not None and not isinstance(cells, dict):
         raise SourceError(f"a Cassandra event's after is not an object: {cells!r:.120}")
     where = f"{payload['source'].get('keyspace')}.{payload['source'].get('table')}"
     if cells is not None and any(cells.get(name) is not None for name in _RANGES):
@@ -465,7 +494,7 @@ def _cassandra_row(cells: Mapping[str, Any], decoders: list[tuple[str, Decode]],
         if cell is None:
             row[name] = UNCHANGED  # not written by this change: the row keeps its value
             continue
-        if not isinstance(cell, Mapping) or "value" not in cell:
+        if not isinstance(cell, dict) or "value" not in cell:
             raise SourceError(
                 f"{where}.{name}: not a Cassandra cell ({{value, deletion_ts, set}}): {cell!r:.80}"
             )
@@ -476,8 +505,8 @@ def _cassandra_row(cells: Mapping[str, Any], decoders: list[tuple[str, Decode]],
 # -- schemas, compiled once per shape ------------------------------------------------------
 
 _RowSchema = tuple[list[tuple[str, Decode]], tuple[Column, ...]]
-_row_cache: dict[str, _RowSchema | None] = {}
-_struct_cache: dict[str, list[tuple[str, Decode]]] = {}
+_row_cache: dict[Any, _RowSchema | None] = {}
+_struct_cache: dict[Any, list[tuple[str, Decode]]] = {}
 
 
 def _row_node(envelope: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -493,7 +522,7 @@ def _row_schema(envelope: Mapping[str, Any]) -> _RowSchema | None:
     node = _row_node(envelope)
     if node is None:
         return None
-    cache_key = json.dumps(node, sort_keys=True)
+    cache_key = _node_key(node)
     if cache_key not in _row_cache:
         struct = field_type(node)
         decoders = [(name, decoder(ft, name)) for name, ft in struct.fields]
@@ -508,7 +537,7 @@ def _cassandra_schema(envelope: Mapping[str, Any]) -> _RowSchema | None:
     node = _row_node(envelope)
     if node is None:
         return None
-    cache_key = "cassandra:" + json.dumps(node, sort_keys=True)
+    cache_key = ("cassandra", _node_key(node))
     if cache_key not in _row_cache:
         decoders: list[tuple[str, Decode]] = []
         columns: list[Column] = []
@@ -525,7 +554,7 @@ def _cassandra_schema(envelope: Mapping[str, Any]) -> _RowSchema | None:
 
 
 def _struct_decoders(node: Mapping[str, Any]) -> list[tuple[str, Decode]]:
-    cache_key = json.dumps(node, sort_keys=True)
+    cache_key = _node_key(node)
     found = _struct_cache.get(cache_key)
     if found is None:
         struct = field_type(node)
@@ -534,10 +563,51 @@ def _struct_decoders(node: Mapping[str, Any]) -> list[tuple[str, Decode]]:
     return found
 
 
-def _remember(cache: dict[str, Any], key: str, value: Any) -> None:
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()  # schemas change rarely: a full cache means churn, start over
     cache[key] = value
+
+
+def _forget_schemas() -> None:
+    # Entries are keyed by the identity of parsed schemas: drop them together.
+    _parsed_schemas.clear()
+    _shared_nodes.clear()
+    _row_cache.clear()
+    _struct_cache.clear()
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)  # integers beyond 64 bits, which orjson refuses
+
+
+def _node_key(node: Mapping[str, Any]) -> Any:
+    """A cache key for a schema node: its identity when it belongs to a shared parsed
+    schema (kept alive by the cache, so the id is not reused), else its canonical text."""
+    return id(node) if _shared(node) else json.dumps(node, sort_keys=True)
+
+
+def _shared(node: Mapping[str, Any]) -> bool:
+    return id(node) in _shared_nodes
+
+
+def _dict_ids(value: Any) -> list[int]:
+    found: list[int] = []
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            found.append(id(item))
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+_shared_nodes: set[int] = set()
 
 
 def _column(name: str, ft: FieldType) -> Column:
