@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     GetCoreSchemaHandler,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -263,7 +264,97 @@ class MysqlSourceConfig(_SourceConfig):
         return "null" if value is None else value
 
 
-SourceConfig = Annotated[PostgresSourceConfig | MysqlSourceConfig, Field(discriminator="type")]
+KafkaSettings = dict[str, str | int | float | bool]
+"""librdkafka settings passed through as they are (``kafka: {linger.ms: 5, ...}``)."""
+
+# Settings Replicator owns: letting a user override them would break its guarantees.
+_OWNED_CONSUMER_SETTINGS = frozenset(
+    {"bootstrap.servers", "group.id", "enable.auto.commit", "enable.auto.offset.store"}
+)
+_OWNED_PRODUCER_SETTINGS = frozenset(
+    {"bootstrap.servers", "enable.idempotence", "acks", "transactional.id"}
+)
+_SECRET_SETTING = re.compile(r"(password|secret|token|jaas|\.key\.pem|^ssl\.key)", re.I)
+_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_QUALIFIED_TABLE = re.compile(r"^[^.\s]+\.[^.\s]+$")
+
+
+def _check_kafka_settings(settings: KafkaSettings, owned: frozenset[str]) -> KafkaSettings:
+    for name, value in settings.items():
+        if name in owned:
+            raise ValueError(
+                f"{name!r} is set by Replicator itself and cannot be overridden here"
+                + (" (use bootstrap_servers)" if name == "bootstrap.servers" else "")
+                + (" (use group)" if name == "group.id" else "")
+            )
+        if _SECRET_SETTING.search(name) and isinstance(value, str) and value:
+            register_secret(value)
+    return settings
+
+
+class KafkaSourceConfig(_Model):
+    """Debezium change events consumed from Kafka topics by a consumer group (a syncer)."""
+
+    type: Literal["kafka"]
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
+    # A regular expression when it starts with ^ (librdkafka's rule), else topic names.
+    topics: Annotated[str, Field(min_length=1)] | Annotated[list[str], Field(min_length=1)]
+    group: Annotated[str, Field(min_length=1, max_length=255)]
+    # Topic → "schema.table" where the default (the topic name's last two dot-separated
+    # parts) does not fit.
+    topic_tables: dict[str, str] = {}
+    # A Debezium truncate carries no key: it is applied only when it can be ordered against
+    # every partition of its table; otherwise the pipeline fails, unless told to skip it.
+    unordered_truncate: Literal["fail", "skip"] = "fail"
+    kafka: KafkaSettings = {}
+    # Kafka topics hold no "existing rows" to copy: a syncer never snapshots by itself.
+    snapshot: Literal["never"] = "never"
+    discover_interval_s: Literal[0] = 0
+
+    @field_validator("topics")
+    @classmethod
+    def _check_topics(cls, topics: str | list[str]) -> str | list[str]:
+        if isinstance(topics, str):
+            if topics.startswith("^"):
+                try:
+                    re.compile(topics)
+                except re.error as exc:
+                    raise ValueError(f"not a valid regular expression: {exc}") from None
+                return topics
+            topics = [topics]
+        for name in topics:
+            if not _TOPIC_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a Kafka topic name (letters, digits, '.', '_', '-'); "
+                    "start a regular expression with ^"
+                )
+        return topics
+
+    @field_validator("topic_tables")
+    @classmethod
+    def _check_tables(cls, tables: dict[str, str]) -> dict[str, str]:
+        for topic, table in tables.items():
+            if not _QUALIFIED_TABLE.match(table):
+                raise ValueError(
+                    f"topic {topic!r} maps to {table!r}; name a schema-qualified table like "
+                    "'public.orders'"
+                )
+        return tables
+
+    @field_validator("kafka")
+    @classmethod
+    def _check_kafka(cls, settings: KafkaSettings) -> KafkaSettings:
+        return _check_kafka_settings(settings, _OWNED_CONSUMER_SETTINGS)
+
+    @property
+    def subscription(self) -> list[str]:
+        """What ``Consumer.subscribe`` takes: names, or one ``^regex``."""
+        return [self.topics] if isinstance(self.topics, str) else list(self.topics)
+
+
+SourceConfig = Annotated[
+    PostgresSourceConfig | MysqlSourceConfig | KafkaSourceConfig, Field(discriminator="type")
+]
 
 
 class PostgresSinkConfig(_Model):
@@ -271,6 +362,74 @@ class PostgresSinkConfig(_Model):
 
     type: Literal["postgres"]
     dsn: Dsn
+
+
+class KafkaSinkConfig(_Model):
+    """Kafka topics that receive each change as a Debezium JSON envelope (a watcher)."""
+
+    type: Literal["kafka"]
+    bootstrap_servers: Annotated[str, Field(min_length=1)]
+    topic_prefix: Annotated[str, Field(min_length=1, max_length=200)]
+    # The topic of each table; {prefix}, {schema} and {table} are replaced.
+    topic: str = "{prefix}.{schema}.{table}"
+    # Topics the sink creates when missing get these; existing topics are left as they are.
+    partitions: Annotated[int, Field(ge=1, le=10_000)] = 1
+    replication_factor: Annotated[int, Field(ge=-1, le=32)] = -1  # -1: the broker's default
+    schemas: bool = True  # write the JsonConverter "schema" part with each key and value
+    tombstones: bool = True  # a null-valued message after each delete, for log compaction
+    decimal_handling: Literal["precise", "string", "double"] = "precise"
+    # How long to wait for Kafka to acknowledge a batch before failing (and retrying).
+    ack_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    kafka: KafkaSettings = {}
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, prefix: str) -> str:
+        if not _TOPIC_NAME.match(prefix):
+            raise ValueError("a topic prefix is letters, digits, '.', '_' and '-'")
+        return prefix
+
+    @field_validator("topic")
+    @classmethod
+    def _check_template(cls, template: str) -> str:
+        try:
+            example = template.format(prefix="p", schema="s", table="t")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(
+                "the topic template may use {prefix}, {schema} and {table} only"
+            ) from None
+        if not _TOPIC_NAME.match(example.replace("{", "").replace("}", "")):
+            raise ValueError("the topic template must give letters, digits, '.', '_' and '-'")
+        return template
+
+    @field_validator("kafka")
+    @classmethod
+    def _check_kafka(cls, settings: KafkaSettings) -> KafkaSettings:
+        return _check_kafka_settings(settings, _OWNED_PRODUCER_SETTINGS)
+
+    def topic_for(self, schema: str, table: str) -> str:
+        """The topic a table's changes go to."""
+        return self.topic.format(prefix=self.topic_prefix, schema=schema, table=table)
+
+
+SinkConfig = Annotated[PostgresSinkConfig | KafkaSinkConfig, Field(discriminator="type")]
+
+
+class FileCheckpointConfig(_Model):
+    """Checkpoints kept in a local folder (atomic rename + fsync): sinks without a database."""
+
+    type: Literal["file"] = "file"
+    # Relative paths are taken from the config file's folder.
+    dir: Annotated[str, Field(min_length=1, validate_default=True)] = "replicator-state"
+
+    @field_validator("dir")
+    @classmethod
+    def _resolve(cls, folder: str, info: ValidationInfo) -> str:
+        base = (info.context or {}).get("config_dir")
+        path = Path(os.path.expanduser(folder))
+        if base is not None and not path.is_absolute():
+            path = Path(base) / path
+        return str(path)
 
 
 class BatchConfig(_Model):
@@ -287,7 +446,10 @@ class PipelineConfig(_Model):
     name: str
     source: SourceConfig
     transforms: list[Any] = []
-    sink: PostgresSinkConfig
+    sink: SinkConfig
+    # Where the checkpoint lives when the sink is not PostgreSQL (which keeps it in the
+    # target, in the same transaction as the data).
+    checkpoint: FileCheckpointConfig | None = None
     batch: BatchConfig = BatchConfig()
     sync_sequences_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
@@ -308,6 +470,29 @@ class PipelineConfig(_Model):
             raise ValueError("transforms are not supported yet; leave the list empty")
         return transforms
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_checkpoint(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "checkpoint" not in data:
+            sink = data.get("sink")
+            if isinstance(sink, dict) and sink.get("type") not in (None, "postgres"):
+                data = {**data, "checkpoint": {"type": "file"}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> PipelineConfig:
+        if self.sink.type == "postgres" and self.checkpoint is not None:
+            raise ValueError(
+                "a postgres sink keeps the checkpoint in the target database, in the same "
+                "transaction as the data; remove the checkpoint section"
+            )
+        if self.source.type == "kafka" and self.sink.type == "kafka":
+            raise ValueError(
+                "a kafka source needs a database sink (type: postgres); Kafka to Kafka is "
+                "not supported"
+            )
+        return self
+
     @model_validator(mode="after")
     def _sequences_need_postgres(self) -> PipelineConfig:
         if self.sync_sequences_interval_s and self.source.type != "postgres":
@@ -316,6 +501,20 @@ class PipelineConfig(_Model):
                 "counters, not sequences); remove it"
             )
         return self
+
+    @property
+    def target_dsn(self) -> Dsn:
+        """The PostgreSQL sink's connection string (only for pipelines with one)."""
+        if not isinstance(self.sink, PostgresSinkConfig):
+            raise AssertionError(f"pipeline {self.name} has no postgres sink")
+        return self.sink.dsn
+
+    @property
+    def table_source(self) -> PostgresSourceConfig | MysqlSourceConfig:
+        """The source's config when it reads tables of a database (not Kafka topics)."""
+        if isinstance(self.source, KafkaSourceConfig):
+            raise AssertionError(f"pipeline {self.name} reads Kafka, not database tables")
+        return self.source
 
     @property
     def slot_name(self) -> str:
@@ -379,7 +578,7 @@ class Config(_Model):
             names: list[tuple[str, object]] = [("name", pipeline.name)]
             if pipeline.source.type == "postgres":
                 names += [("slot", pipeline.slot_name), ("publication", pipeline.publication_name)]
-            else:
+            elif pipeline.source.type == "mysql":
                 names.append(("server_id", pipeline.server_id))
             for kind, value in names:
                 key = f"{kind}:{value}"
@@ -433,7 +632,7 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
     if problems:
         raise ConfigError(f"{path}: " + _join(problems))
     try:
-        return Config.model_validate(data)
+        return Config.model_validate(data, context={"config_dir": str(path.parent.resolve())})
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + _join(_describe(exc, lines))) from None
 
@@ -523,14 +722,17 @@ def _interpolate(
 
 
 def _untagged(loc: Path_) -> Path_:
-    """Drop the union tag pydantic puts after ``source`` (``source.mysql.dsn`` → ``source.dsn``)."""
+    """Drop the union tag pydantic puts after ``source`` (``source.mysql.dsn`` → ``source.dsn``)
+    and ``sink``, and the member name of a union-typed value (``topics.list[str]``)."""
     for i in range(len(loc) - 1):
-        if loc[i] == "source" and loc[i + 1] in _SOURCE_TYPES:
-            return loc[: i + 1] + loc[i + 2 :]
+        if loc[i] in ("source", "sink") and loc[i + 1] in _CONNECTOR_TYPES:
+            return _untagged(loc[: i + 1] + loc[i + 2 :])
+        if isinstance(loc[i + 1], str) and loc[i + 1] in ("str", "list[str]"):
+            return _untagged(loc[: i + 1] + loc[i + 2 :])
     return loc
 
 
-_SOURCE_TYPES = ("postgres", "mysql")
+_CONNECTOR_TYPES = ("postgres", "mysql", "kafka")
 
 
 def _describe(exc: ValidationError, lines: dict[Path_, int]) -> list[str]:
@@ -571,6 +773,9 @@ __all__ = [
     "BatchConfig",
     "Config",
     "Dsn",
+    "FileCheckpointConfig",
+    "KafkaSinkConfig",
+    "KafkaSourceConfig",
     "LoggingConfig",
     "MysqlDsn",
     "MysqlSourceConfig",

@@ -180,7 +180,7 @@ class SequenceSync:
         if self._source is None or self._source.closed:
             try:
                 self._source = psycopg.connect(
-                    connection_string(self._pipeline.source.dsn.secret(), self._app),
+                    connection_string(self._pipeline.table_source.dsn.secret(), self._app),
                     autocommit=True,
                 )
             except psycopg.Error as exc:
@@ -195,7 +195,7 @@ class SequenceSync:
         if self._target is None or self._target.closed:
             try:
                 self._target = psycopg.connect(
-                    connection_string(self._pipeline.sink.dsn.secret(), self._app),
+                    connection_string(self._pipeline.target_dsn.secret(), self._app),
                     autocommit=True,
                 )
             except psycopg.Error as exc:
@@ -213,7 +213,7 @@ class SequenceSync:
     # --- which sequences --------------------------------------------------------------------
 
     def _select(self, conn: psycopg.Connection[Any]) -> list[_SourceSequence]:
-        patterns = self._pipeline.source.tables
+        patterns = self._pipeline.table_source.tables
         tables = [t.oid for t in catalog.match_tables(conn, patterns)]
         rows = conn.execute(
             r"""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from replicator.config import PipelineConfig
+from replicator.config import FileCheckpointConfig, PipelineConfig
 from replicator.contracts import CheckpointStore, Sink, Source
 from replicator.engine.pipeline import Pipeline
 
@@ -19,29 +19,43 @@ def make_source(config: PipelineConfig) -> Source:
         from replicator.sources.mysql.source import MysqlSource
 
         return MysqlSource(config)
+    if config.source.type == "kafka":
+        from replicator.sources.kafka.source import KafkaSource
+
+        return KafkaSource(config)
     raise AssertionError(f"unknown source type {config.source.type}")  # config validation
 
 
-def make_sink(config: PipelineConfig) -> Sink:
-    """The sink a pipeline's ``sink.type`` names."""
+def make_sink(config: PipelineConfig, store: CheckpointStore) -> Sink:
+    """The sink a pipeline's ``sink.type`` names; ``store`` is the pipeline's checkpoint
+    store, which a sink without a database of its own writes the checkpoint to."""
     if config.sink.type == "postgres":
         from replicator.sinks.postgres.sink import PostgresSink
 
         return PostgresSink(config)
+    if config.sink.type == "kafka":
+        from replicator.checkpoints.file import FileCheckpointStore
+        from replicator.sinks.kafka.sink import KafkaSink
+
+        assert isinstance(store, FileCheckpointStore)  # make_checkpoint_store's choice
+        return KafkaSink(config, store)
     raise AssertionError(f"unknown sink type {config.sink.type}")
 
 
 def make_checkpoint_store(config: PipelineConfig) -> CheckpointStore:
-    """Where the pipeline's checkpoint lives: in the target when the sink is PostgreSQL."""
+    """Where the pipeline's checkpoint lives: in the target when the sink is PostgreSQL, else
+    in the configured checkpoint store (a state file by default)."""
     if config.sink.type == "postgres":
         from replicator.checkpoints.postgres import PostgresCheckpointStore
 
-        return PostgresCheckpointStore(config.sink.dsn.secret(), f"replicator:{config.name}"[:63])
-    raise AssertionError(f"no checkpoint store for sink type {config.sink.type}")
+        return PostgresCheckpointStore(config.target_dsn.secret(), f"replicator:{config.name}"[:63])
+    from replicator.checkpoints.file import FileCheckpointStore
+
+    checkpoint = config.checkpoint or FileCheckpointConfig()
+    return FileCheckpointStore(checkpoint.dir, config.name)
 
 
 def make_pipeline(config: PipelineConfig, stop: threading.Event) -> Pipeline:
     """A ready-to-run pipeline with its source, sink and checkpoint store."""
-    return Pipeline(
-        config, make_source(config), make_sink(config), make_checkpoint_store(config), stop
-    )
+    store = make_checkpoint_store(config)
+    return Pipeline(config, make_source(config), make_sink(config, store), store, stop)

@@ -125,7 +125,7 @@ class SnapshotRound:
             for table in list(self.tables.values()):
                 if table.chunks_left == 0:
                     self._finish(planner, table)  # every chunk committed before a crash
-            count = min(self._config.source.copy_workers, len(work))
+            count = min(self._config.table_source.copy_workers, len(work))
             # Every reader imports the snapshot now, while its exporter is guaranteed idle.
             readers = [session.reader() for _ in range(count)]
             writers += [self._sink.snapshot_writer(self._config.name) for _ in range(count)]
@@ -152,7 +152,7 @@ class SnapshotRound:
         schemas: dict[TableId, TableSchema],
     ) -> list[_Work]:
         work: list[_Work] = []
-        chunk_rows = self._config.source.snapshot_chunk_rows
+        chunk_rows = self._config.table_source.snapshot_chunk_rows
         for state in pending:
             schema = schemas[state.table]
             self._sink.ensure_table(schema, replacing=True)

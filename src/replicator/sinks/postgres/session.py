@@ -29,7 +29,7 @@ def connect(pipeline: PipelineConfig, *, synchronous_commit: bool) -> psycopg.Co
     }
     app = f"replicator:{pipeline.name}"[:63]
     try:
-        return psycopg.connect(connection_string(pipeline.sink.dsn.secret(), app, settings))
+        return psycopg.connect(connection_string(pipeline.target_dsn.secret(), app, settings))
     except psycopg.Error as exc:
         raise SinkConnectionError(
             f"cannot connect to the target database: {redact(str(exc).strip())}",
