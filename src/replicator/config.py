@@ -306,6 +306,9 @@ class KafkaSourceConfig(_Model):
     # A Debezium truncate carries no key: it is applied only when it can be ordered against
     # every partition of its table; otherwise the pipeline fails, unless told to skip it.
     unordered_truncate: Literal["fail", "skip"] = "fail"
+    # How the producer wrote decimals, for events without their schema (Debezium's
+    # decimal.handling.mode; with schemas each event says so itself).
+    decimal_handling: Literal["precise", "string", "double"] = "precise"
     kafka: KafkaSettings = {}
     # Kafka topics hold no "existing rows" to copy: a syncer never snapshots by itself.
     snapshot: Literal["never"] = "never"

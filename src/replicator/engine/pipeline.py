@@ -318,7 +318,16 @@ class Pipeline:
         start = self._starts.get(event.table)
         if start is not None and event.position.order_key() < start:
             return  # committed before the table's copy was taken: the copy holds it
-        if self._schemas.get(event.table) is not event.schema:
+        known = self._schemas.get(event.table)
+        if known is not event.schema:
+            if (
+                known is not None
+                and self._last_commit is not None
+                and self._boundary == len(self._pending)
+                and any(e.schema is known for e in self._pending)
+            ):
+                # Changes read with the table's previous definition are applied with it.
+                self._flush()
             try:
                 self._sink.ensure_table(event.schema)
             except SchemaMismatchError:
