@@ -211,33 +211,42 @@ class KafkaSink(Sink):
         encode = self._encoder.encode
         tombstones = self._config.tombstones
         stats = self._open_stats if count else ApplyStats()
+        topics = self._topics
         queued = 0
         for event in events:
-            if event.op is Op.UPDATE and event.before is not None and _moves_key(event):
+            op = event.op
+            if op is Op.UPDATE and event.before is not None and _moves_key(event):
                 # As Debezium does: a delete (and tombstone) under the old key, then a create
                 # under the new one, each in its key's partition.
                 queued += self.publish(_split_key_change(event), count=False)
                 stats.updated += 1
                 continue
-            topic = self.topic(event.table)
+            table = event.schema.table
+            topic = topics.get(table) or self.topic(table)
             key, value = encode(event)
-            op = event.op
-            # Keyless rows and truncates have no key to place them: partition 0 keeps their
-            # order against each other.
-            pinned = key is None
-            self._produce(produce, topic, key, value, pinned)
+            try:
+                if key is None:
+                    # Keyless rows and truncates have no key to place them: partition 0
+                    # keeps their order against each other.
+                    produce(topic, value, None, partition=0)
+                else:
+                    produce(topic, value, key)
+            except BufferError:
+                self._produce(produce, topic, key, value, key is None)
+            except KafkaException as exc:
+                raise _translate(exc, f"publishing to {topic}") from exc
             queued += 1
-            if op is Op.DELETE:
+            if op is Op.INSERT or op is Op.READ:
+                stats.inserted += 1
+            elif op is Op.UPDATE:
+                stats.updated += 1
+            elif op is Op.DELETE:
                 stats.deleted += 1
                 if tombstones and key is not None:
                     self._produce(produce, topic, key, None, False)
                     queued += 1
-            elif op is Op.UPDATE:
-                stats.updated += 1
-            elif op is Op.TRUNCATE:
-                stats.truncated += 1
             else:
-                stats.inserted += 1
+                stats.truncated += 1
             if queued % _POLL_EVERY < 2:
                 producer.poll(0)
         return queued

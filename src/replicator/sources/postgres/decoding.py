@@ -63,6 +63,7 @@ class ChangeDecoder:
         self._relations: dict[int, _RelationState] = {}
         self._commit_lsn = 0
         self._commit_ts: datetime | None = None
+        self._commit_micros: int | None = None
         self._xid: int | None = None
         self._index = 0
         self.in_transaction = False
@@ -71,6 +72,7 @@ class ChangeDecoder:
         """Process one message; return the stream items it produces (possibly none)."""
         if isinstance(message, pgoutput.Begin):
             self._commit_lsn = message.final_lsn
+            self._commit_micros = message.commit_ts
             self._commit_ts = pgoutput.pg_timestamp(message.commit_ts)
             self._xid = message.xid
             self._index = 0
@@ -81,7 +83,10 @@ class ChangeDecoder:
             return [
                 TxCommit(
                     position=PgPosition(message.end_lsn),
-                    commit_ts=pgoutput.pg_timestamp(message.commit_ts),
+                    # BEGIN carries the same commit time: one datetime per transaction.
+                    commit_ts=self._commit_ts
+                    if message.commit_ts == self._commit_micros
+                    else pgoutput.pg_timestamp(message.commit_ts),
                     txid=self._xid,
                 )
             ]
