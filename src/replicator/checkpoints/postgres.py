@@ -4,6 +4,11 @@ The PostgreSQL sink writes the checkpoint row in the same transaction as the dat
 (:func:`write_checkpoint`), which gives exactly-once effect: after a crash the target's data
 and its checkpoint always agree. This store reads them back, and saves the positions written
 outside a data transaction (a new slot's starting point).
+
+A Kafka source's position is also kept per partition, in ``kafka_offsets``
+(:func:`offsets_statement`, :func:`load_offsets`): the consumers of one group each commit the
+partitions they hold, and none may overwrite another's. ``version_tables`` belongs to the
+sink's staleness guard (:mod:`replicator.sinks.postgres.versions`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +29,7 @@ from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
 from replicator.pgsession import connection_lost, connection_string
+from replicator.sources.kafka.position import KafkaPosition, Partition
 
 SCHEMA = "_replicator"
 
@@ -55,6 +62,23 @@ CREATE TABLE IF NOT EXISTS {SCHEMA}.pipelines (
     heartbeat_at timestamptz NOT NULL DEFAULT now(),
     lag_seconds double precision,
     last_error text
+);
+CREATE TABLE IF NOT EXISTS {SCHEMA}.kafka_offsets (
+    pipeline text NOT NULL,
+    topic text NOT NULL,
+    partition int NOT NULL,
+    next_offset bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (pipeline, topic, partition)
+);
+-- The staleness guard: each target table's version table, and its last truncate's order key.
+CREATE TABLE IF NOT EXISTS {SCHEMA}.version_tables (
+    version_table text PRIMARY KEY,
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    truncated numeric[],
+    created_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (schema_name, table_name)
 );
 """
 
@@ -113,8 +137,59 @@ def checkpoint_statement(
 def write_checkpoint(
     conn: psycopg.Connection[Any], pipeline: str, position: Position, **kwargs: Any
 ) -> None:
-    """Write the checkpoint row inside the caller's open transaction."""
+    """Write the checkpoint row (and a Kafka position's offsets) inside the caller's open
+    transaction."""
+    if isinstance(position, KafkaPosition) and position.offsets:
+        conn.execute(offsets_statement(pipeline, position))
     conn.execute(checkpoint_statement(pipeline, position, **kwargs))
+
+
+def offsets_statement(pipeline: str, position: KafkaPosition) -> sql.Composed:
+    """The statement that stores a Kafka position's offsets, one row per partition, each
+    only ever moved forward; values inlined, like :func:`checkpoint_statement`.
+
+    A consumer that lost a partition to another still lists it, with an older offset: rows
+    already at or past ours are left alone without even locking them, and rows are locked in
+    one order (topic, partition) by every consumer.
+    """
+    rows = sql.SQL(", ").join(
+        sql.SQL("({}::text, {}::int, {}::bigint)").format(
+            sql.Literal(topic), sql.Literal(partition), sql.Literal(offset)
+        )
+        for (topic, partition), offset in sorted(position.offsets.items())
+    )
+    return sql.SQL(
+        "INSERT INTO {offsets} AS o (pipeline, topic, partition, next_offset, updated_at)"
+        " SELECT {pipeline}, n.topic, n.partition, n.next_offset, now()"
+        " FROM (VALUES {rows}) AS n (topic, partition, next_offset)"
+        " WHERE NOT EXISTS (SELECT FROM {offsets} s WHERE s.pipeline = {pipeline}"
+        " AND s.topic = n.topic AND s.partition = n.partition"
+        " AND s.next_offset >= n.next_offset)"
+        " ORDER BY n.topic, n.partition"
+        " ON CONFLICT (pipeline, topic, partition) DO UPDATE"
+        " SET next_offset = GREATEST(o.next_offset, EXCLUDED.next_offset), updated_at = now()"
+    ).format(
+        offsets=sql.Identifier(SCHEMA, "kafka_offsets"),
+        pipeline=sql.Literal(pipeline),
+        rows=rows,
+    )
+
+
+def load_offsets(
+    conn: psycopg.Connection[Any], pipeline: str, partitions: Iterable[Partition]
+) -> dict[Partition, int]:
+    """The stored next offset of each of ``partitions`` that has one."""
+    wanted = sorted(set(partitions))
+    if not wanted:
+        return {}
+    rows = conn.execute(
+        f"SELECT o.topic, o.partition, o.next_offset FROM {SCHEMA}.kafka_offsets o"
+        " JOIN unnest(%s::text[], %s::int[]) AS w (topic, partition)"
+        " ON w.topic = o.topic AND w.partition = o.partition"
+        " WHERE o.pipeline = %s",
+        ([t for t, _ in wanted], [p for _, p in wanted], pipeline),
+    ).fetchall()
+    return {(topic, partition): offset for topic, partition, offset in rows}
 
 
 def known_tables(
@@ -202,6 +277,13 @@ class PostgresCheckpointStore(CheckpointStore):
             },
         )
 
+    def load_offsets(self, pipeline: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
+        """The stored next offset of each of ``partitions`` that has one (Kafka sources)."""
+        try:
+            return load_offsets(self._connection(), pipeline, partitions)
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
     def save(self, pipeline: str, position: Position) -> None:
         """Store ``position`` (committed and durable on return)."""
         conn = self._connection()
@@ -212,17 +294,24 @@ class PostgresCheckpointStore(CheckpointStore):
             raise _translate(exc) from exc
 
     def delete(self, pipeline: str) -> bool:
-        """Remove the checkpoint and status rows; return whether a checkpoint existed."""
+        """Remove the checkpoint (Kafka offsets included) and status rows; return whether a
+        checkpoint existed.
+
+        The staleness guard's version tables stay, like the target tables they describe.
+        """
         conn = self._connection()
         try:
             with conn.transaction():
                 cur = conn.execute(
                     f"DELETE FROM {SCHEMA}.checkpoints WHERE pipeline = %s", (pipeline,)
                 )
+                offsets = conn.execute(
+                    f"DELETE FROM {SCHEMA}.kafka_offsets WHERE pipeline = %s", (pipeline,)
+                )
                 conn.execute(f"DELETE FROM {SCHEMA}.pipelines WHERE pipeline = %s", (pipeline,))
                 conn.execute(f"DELETE FROM {SCHEMA}.tables WHERE pipeline = %s", (pipeline,))
                 snapshot_state.forget(conn, pipeline)
-                return cur.rowcount > 0
+                return cur.rowcount > 0 or offsets.rowcount > 0
         except psycopg.Error as exc:
             raise _translate(exc) from exc
 

@@ -4,11 +4,17 @@
 temporary staging table and queues one ``INSERT … ON CONFLICT`` plus one ``DELETE … USING``;
 :class:`KeylessApplier` applies a table without a key in order, each update or delete touching
 exactly one matching row.
+
+Each applier's :meth:`stage` returns a :class:`Staged`: statements to check before writing
+(run together with every other table's in one round trip), then the writes, which travel with
+the checkpoint in the batch's last round trip. With a :class:`~.versions.VersionTable` (the
+staleness guard), the check also drops the staged rows that are stale, under row locks.
 """
 
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -20,6 +26,7 @@ from replicator.events import UNCHANGED, ChangeEvent, Op, TableId, TableSchema
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.copy_format import copy_row, format_value
 from replicator.sinks.postgres.fold import FoldedTable, fold_changes
+from replicator.sinks.postgres.versions import VersionTable, version_literal
 
 # Types without an equality operator: rows are matched on their text form instead.
 _TEXT_COMPARED = {"json", "xml", "point", "lseg", "box", "path", "polygon", "line", "circle"}
@@ -35,14 +42,31 @@ def _table(table: TableId) -> sql.Composable:
     return sql.Identifier(table.schema, table.name)
 
 
+@dataclass(slots=True)
+class Staged:
+    """One table's share of a batch, staged: what to check first, and what to write then."""
+
+    stats: ApplyStats
+    checks: list[sql.Composable] = field(default_factory=list)
+    """Statements whose rows :meth:`KeyedApplier.checked` reads (one round trip for all)."""
+    writes: list[sql.Composable] = field(default_factory=list)
+    """Statements that need no answer, sent with the checkpoint."""
+    stale: int = 0
+    """Events refused as older than what the target holds (not counted in ``stats``)."""
+    unchanged: bool = False  # an upsert reads TOASTed values from the target
+
+
 class KeyedApplier:
     """Applies folded changes to a table with a key, through a staging table."""
 
-    def __init__(self, schema: TableSchema, target: ddl.TargetTable) -> None:
+    def __init__(
+        self, schema: TableSchema, target: ddl.TargetTable, guard: VersionTable | None = None
+    ) -> None:
         self.schema = schema
         self.columns = schema.column_names
         self.key = schema.key
         self.key_index = [self.columns.index(k) for k in self.key]
+        self.guard = guard
         self.staging = f"_replicator_stage_{next(_staging_names)}"
         self.created = False
         self.used_in_transaction = False
@@ -51,12 +75,18 @@ class KeyedApplier:
         spec = [f"c{i} {t}" for i, t in enumerate(types)]
         spec += [f"o{i} {t}" for i, t in enumerate(key_types)]
         spec += ['op "char"', "unch int2[]"]
+        names = [f"c{i}" for i in range(len(types))] + [f"o{i}" for i in range(len(key_types))]
+        names += ["op", "unch"]
+        if guard is not None:
+            # The row's version, and the inserts, updates and deletes it stands for.
+            spec += ["ver numeric[]", "ni int4", "nu int4", "nd int4"]
+            names += ["ver", "ni", "nu", "nd"]
+            self.guard_sql = guard.guard_sql(self.staging, [f"c{i}" for i in self.key_index])
         self.create_sql = (
             f"CREATE TEMP TABLE IF NOT EXISTS {self.staging} ({', '.join(spec)})"
             " ON COMMIT DELETE ROWS"
         )
-        names = [f"c{i}" for i in range(len(types))] + [f"o{i}" for i in range(len(key_types))]
-        self.copy_sql = f"COPY {self.staging} ({', '.join(names)}, op, unch) FROM STDIN"
+        self.copy_sql = f"COPY {self.staging} ({', '.join(names)}) FROM STDIN"
         self.target = _table(schema.table)
         self._upserts: dict[frozenset[str], sql.Composed] = {}
         key_match = sql.SQL(" AND ").join(
@@ -119,20 +149,25 @@ class KeyedApplier:
         self._upserts[unchanged] = statement
         return statement
 
-    def apply(
-        self, conn: psycopg.Connection[Any], events: list[ChangeEvent], deferred: list[Any]
-    ) -> ApplyStats:
-        """Stage the net effect now; queue the upsert and delete on ``deferred``."""
-        folded = fold_changes(events, self.key)
+    def stage(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> Staged:
+        """Fold the events and COPY their net effect into the staging table (a truncate is
+        applied now); checks and writes follow."""
+        guard = self.guard
+        folded = fold_changes(events, self.key, versioned=guard is not None)
+        staged = Staged(folded.stats, stale=folded.stale)
         if folded.truncate:
-            conn.execute(sql.SQL("TRUNCATE {}").format(self.target))
+            if guard is None:
+                conn.execute(sql.SQL("TRUNCATE {}").format(self.target))
+            else:
+                assert folded.truncate_version is not None
+                if not guard.truncate(conn, self.target, folded.truncate_version):
+                    staged.stale += folded.stats.truncated
+                    folded.stats.truncated = 0
         if folded.upserts or folded.deletes:
-            self._stage(conn, folded, deferred)
-        return folded.stats
+            self._stage(conn, folded, staged)
+        return staged
 
-    def _stage(
-        self, conn: psycopg.Connection[Any], folded: FoldedTable, deferred: list[Any]
-    ) -> None:
+    def _stage(self, conn: psycopg.Connection[Any], folded: FoldedTable, staged: Staged) -> None:
         if not self.created:
             conn.execute(self.create_sql)
             self.created = True
@@ -143,6 +178,10 @@ class KeyedApplier:
         width = len(self.columns)
         lines = []
         no_origin = [None] * len(self.key)
+        versioned = self.guard is not None
+        versions = folded.versions
+        counts = folded.counts
+        no_counts = [0, 0, 0]
         for row in folded.upserts:
             values = row.values
             ordered = [values[c] for c in self.columns]
@@ -156,18 +195,48 @@ class KeyedApplier:
                 unchanged.update(self.columns[i] for i in missing)
                 for i in missing:
                     ordered[i] = None
-                lines.append(copy_row([*ordered, *row.origin, "u", missing]))
+                fields = [*ordered, *row.origin, "u", missing]
             else:
-                lines.append(copy_row([*ordered, *no_origin, "u", None]))
+                fields = [*ordered, *no_origin, "u", None]
+            if versioned:
+                fields.append(version_literal(versions[row.key]))
+                fields.extend(counts.get(row.key, no_counts))
+            lines.append(copy_row(fields))
         for key in folded.deletes:
             ordered = [None] * width
             for i, value in zip(self.key_index, key, strict=True):
                 ordered[i] = value
-            lines.append(copy_row([*ordered, *no_origin, "d", None]))
+            fields = [*ordered, *no_origin, "d", None]
+            if versioned:
+                fields.append(version_literal(versions[key]))
+                fields.extend(counts.get(key, no_counts))
+            lines.append(copy_row(fields))
         with conn.cursor().copy(self.copy_sql) as copy:
             copy.write("".join(lines))
+        # Stale rows go first: a refused update must not trip the lost-origin check.
+        if versioned:
+            staged.checks.append(self.guard_sql)
         if unchanged:
-            lost = conn.execute(self.missing_origin_sql).fetchall()
+            staged.checks.append(self.missing_origin_sql)
+            staged.unchanged = True
+        # Upsert before delete: the upsert reads unchanged values from rows the delete removes.
+        if folded.upserts:
+            staged.writes.append(self.upsert_sql(frozenset(unchanged)))
+        if folded.deletes:
+            staged.writes.append(self.delete_sql)
+
+    def checked(self, staged: Staged, results: list[list[tuple[Any, ...]]]) -> None:
+        """Take in the answers to ``staged.checks``: count stale rows, refuse lost origins."""
+        answers = iter(results)
+        if self.guard is not None and staged.checks:
+            ((_rows, inserts, updates, deletes),) = next(answers)
+            stats = staged.stats
+            stats.inserted -= inserts
+            stats.updated -= updates
+            stats.deleted -= deletes
+            staged.stale += inserts + updates + deletes
+        if staged.unchanged:
+            lost = next(answers)
             if lost:
                 keys = "; ".join(", ".join(str(v) for v in r) for r in lost)
                 raise SinkError(
@@ -177,11 +246,6 @@ class KeyedApplier:
                     fix="re-copy the table: replicator snapshot -c FILE -p PIPELINE -t "
                     f"'{self.schema.table}' (the pipeline applies it when it runs again)",
                 )
-        # Upsert before delete: the upsert reads unchanged values from rows the delete removes.
-        if folded.upserts:
-            deferred.append(self.upsert_sql(frozenset(unchanged)))
-        if folded.deletes:
-            deferred.append(self.delete_sql)
 
     def end_transaction(self) -> None:
         self.used_in_transaction = False
@@ -218,10 +282,14 @@ class KeylessApplier:
         ).format(self.target, columns, new_values, one_row, self.target, columns, new_values)
         self.delete_sql = sql.SQL("DELETE FROM {} WHERE {}").format(self.target, one_row)
 
-    def apply(
-        self, conn: psycopg.Connection[Any], events: list[ChangeEvent], deferred: list[Any]
-    ) -> ApplyStats:
-        """Apply in order, now (row order matters without a key)."""
+    def stage(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> Staged:
+        """Apply in order, now (row order matters without a key): nothing left to check."""
+        return Staged(self._apply(conn, events))
+
+    def checked(self, staged: Staged, results: list[list[tuple[Any, ...]]]) -> None:
+        """Nothing was asked."""
+
+    def _apply(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> ApplyStats:
         stats = ApplyStats()
         inserts: list[str] = []
         pending_op: Op | None = None

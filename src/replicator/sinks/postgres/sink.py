@@ -9,6 +9,23 @@ or delete touching exactly one matching row.
 
 A batch without ``commit`` is a chunk of a transaction too large for memory: it is applied
 but the target transaction stays open until the batch that ends the source transaction.
+
+A batch costs, besides each table's COPY into staging: one round trip for the checks (every
+table's lost-TOAST-origin check and, with a Kafka source, its staleness guard), skipped when
+there is nothing to check, then one that sends every upsert and delete with the bookkeeping,
+then COMMIT.
+
+With a Kafka source (:class:`~replicator.sources.kafka.position.KafkaPosition`), several
+consumers of one group apply to the target at once:
+
+* the staleness guard (:mod:`.versions`) refuses events older than what a row already
+  reflects, deletes and truncates included (invariant 2); :attr:`PostgresSink.stale_events`
+  counts them, and the checkpoint's counters leave them out;
+* the commit's offsets go to ``_replicator.kafka_offsets``, one row per partition, never moved
+  back (a consumer that lost a partition still reports its older offset);
+* the checkpoint row, which every consumer of the pipeline updates, is written last, so a
+  consumer holds its lock only from that statement to COMMIT and consumers queue on it for
+  no longer than one commit each.
 """
 
 from __future__ import annotations
@@ -19,7 +36,12 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from replicator.checkpoints.postgres import checkpoint_statement, known_tables, remember_table
+from replicator.checkpoints.postgres import (
+    checkpoint_statement,
+    known_tables,
+    offsets_statement,
+    remember_table,
+)
 from replicator.config import PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
 from replicator.errors import SchemaMismatchError, SinkError
@@ -33,9 +55,11 @@ from replicator.events import (
 from replicator.observability.logging import get_logger
 from replicator.pgsession import IDENTITY_QUERY
 from replicator.sinks.postgres import ddl
-from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier
+from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier, Staged
 from replicator.sinks.postgres.session import connect, translate
 from replicator.sinks.postgres.snapshot_writer import PgSnapshotWriter
+from replicator.sinks.postgres.versions import VersionTable, lock_table_ddl
+from replicator.sources.kafka.position import KafkaPosition
 
 
 class PostgresSink(Sink):
@@ -52,6 +76,13 @@ class PostgresSink(Sink):
         self._open_stats = ApplyStats()
         self._open_transactions = 0
         self._log = get_logger(pipeline=pipeline.name, sink="postgres")
+        # Consumers of a Kafka group may apply a key's events late or twice (invariant 2).
+        self._guarded = pipeline.source.type == "kafka"
+        self._unguarded_tables: set[TableId] = set()
+        self.stale_events = 0
+        """Events refused by the staleness guard as older than the target's rows (in
+        committed batches)."""
+        self._open_stale = 0
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
@@ -116,6 +147,10 @@ class PostgresSink(Sink):
             target = ddl.read_table(conn, schema.table)
             self._check_identity(conn, schema, exists=target is not None, replacing=replacing)
             if target is None:
+                # Other consumers of a Kafka group may be creating it right now.
+                lock_table_ddl(conn, schema.table)
+                target = ddl.read_table(conn, schema.table)
+            if target is None:
                 ddl.create_table(conn, schema)
                 target = ddl.read_table(conn, schema.table)
                 assert target is not None
@@ -129,6 +164,7 @@ class PostgresSink(Sink):
                     + " ".join(f for _, f in problems)
                     + " — then restart the pipeline",
                 )
+            guard = self._version_table(conn, schema, target)
             if not self._in_transaction:
                 conn.commit()
         except psycopg.Error as exc:
@@ -140,8 +176,29 @@ class PostgresSink(Sink):
             raise
         self._schemas[schema.table] = schema
         self._appliers[schema.table] = (
-            KeyedApplier(schema, target) if schema.key else KeylessApplier(schema, target)
+            KeyedApplier(schema, target, guard) if schema.key else KeylessApplier(schema, target)
         )
+
+    def _version_table(
+        self, conn: psycopg.Connection[Any], schema: TableSchema, target: ddl.TargetTable
+    ) -> VersionTable | None:
+        """The table's staleness guard, created when missing; None when unguarded."""
+        if not self._guarded:
+            return None
+        if not schema.key:
+            if schema.table not in self._unguarded_tables:
+                self._unguarded_tables.add(schema.table)
+                self._log.warning(
+                    "table has no key: the staleness guard cannot tell a late change from a "
+                    "new one, so its changes are applied as they arrive",
+                    table=str(schema.table),
+                )
+            return None
+        guard = VersionTable(
+            schema.table, schema.key, [target.columns[k].type_name for k in schema.key]
+        )
+        guard.ensure(conn)
+        return guard
 
     def _check_identity(
         self, conn: psycopg.Connection[Any], schema: TableSchema, exists: bool, replacing: bool
@@ -185,39 +242,45 @@ class PostgresSink(Sink):
     def apply(self, batch: Batch, pipeline: str) -> Position | None:
         """Apply the batch; commit with the checkpoint when it ends a source transaction."""
         conn = self._connection()
-        # Statements that need no answer travel together in one round trip at the end.
-        deferred: list[Any] = []
         try:
             self._in_transaction = True
-            for table, events in _group_by_table(batch.events):
+            staged: list[tuple[TableId, list[ChangeEvent], Applier, Staged]] = []
+            groups = _group_by_table(batch.events)
+            if self._guarded:
+                # One table order for every consumer: row locks are never taken crosswise.
+                groups.sort(key=lambda group: group[0])
+            for table, events in groups:
                 applier = self._applier(table)
                 try:
-                    stats = applier.apply(conn, events, deferred)
+                    staged.append((table, events, applier, applier.stage(conn, events)))
                 except psycopg.Error as exc:
                     raise translate(exc, f"applying changes to {table}", events) from exc
-                _add(self._open_stats, stats)
+            self._check(conn, staged, batch.events)
+            # Statements that need no answer travel together in one round trip at the end.
+            deferred: list[sql.Composable] = []
+            for table, _, _, part in staged:
+                _add(self._open_stats, part.stats)
+                deferred.extend(part.writes)
+                if part.stale:
+                    self._open_stale += part.stale
+                    self._log.debug("refused stale changes", table=str(table), events=part.stale)
             self._open_transactions += batch.transactions
             if batch.commit is not None:
+                position = batch.commit.position
+                if isinstance(position, KafkaPosition) and position.offsets:
+                    deferred.append(offsets_statement(pipeline, position))
+                # Last: every consumer of a Kafka group updates this row (see the docstring).
                 deferred.append(
                     checkpoint_statement(
                         pipeline,
-                        batch.commit.position,
+                        position,
                         commit_ts=batch.commit.commit_ts,
                         transactions=self._open_transactions,
                         stats=self._open_stats,
                     )
                 )
             if deferred:
-                try:
-                    conn.execute(sql.SQL(";\n").join(deferred))
-                except psycopg.Error as exc:
-                    table_name = exc.diag.table_name
-                    where = (
-                        f"changes to {exc.diag.schema_name}.{table_name}"
-                        if table_name
-                        else ("changes")
-                    )
-                    raise translate(exc, f"applying {where}", batch.events) from exc
+                self._execute(conn, deferred, "applying", batch.events)
             if batch.commit is None:
                 return None
             conn.commit()
@@ -227,8 +290,44 @@ class PostgresSink(Sink):
         except BaseException:
             self._abort()
             raise
+        self.stale_events += self._open_stale
         self._end_transaction()
         return batch.commit.position
+
+    def _check(
+        self,
+        conn: psycopg.Connection[Any],
+        staged: list[tuple[TableId, list[ChangeEvent], Applier, Staged]],
+        events: list[ChangeEvent],
+    ) -> None:
+        """Run every table's checks in one round trip and hand each table its answers."""
+        checks = [c for *_, part in staged for c in part.checks]
+        if not checks:
+            return
+        cur = self._execute(conn, checks, "checking", events)
+        for _, _, applier, part in staged:
+            if not part.checks:
+                continue
+            answers = []
+            for _ in part.checks:
+                answers.append(cur.fetchall())
+                cur.nextset()
+            applier.checked(part, answers)
+
+    def _execute(
+        self,
+        conn: psycopg.Connection[Any],
+        statements: list[sql.Composable],
+        doing: str,
+        events: list[ChangeEvent],
+    ) -> psycopg.Cursor[Any]:
+        """Send statements in one round trip; the cursor stands on the first one's result."""
+        try:
+            return conn.execute(sql.SQL(";\n").join(statements))
+        except psycopg.Error as exc:
+            table_name = exc.diag.table_name
+            where = f"changes to {exc.diag.schema_name}.{table_name}" if table_name else "changes"
+            raise translate(exc, f"{doing} {where}", events) from exc
 
     def snapshot_writer(self, pipeline: str) -> PgSnapshotWriter:
         """A copy worker's own connection to the target."""
@@ -261,6 +360,7 @@ class PostgresSink(Sink):
         self._in_transaction = False
         self._open_stats = ApplyStats()
         self._open_transactions = 0
+        self._open_stale = 0
         for applier in self._appliers.values():
             applier.end_transaction()
 
