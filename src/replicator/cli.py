@@ -416,6 +416,12 @@ def snapshot(
         cfg = load_config(config)
         p = cfg.pipeline(pipeline)
         configure_logging("warning", "console")
+        if p.source.type == "kafka":
+            raise ConfigError(
+                f"pipeline {p.name} reads Kafka, whose topics hold no table to copy",
+                fix="re-copy on the watcher that publishes the topics (replicator snapshot -p "
+                "WATCHER), or with Debezium's incremental snapshots",
+            )
         store = make_checkpoint_store(p)
         try:
             captured = store.captured_tables(p.name)

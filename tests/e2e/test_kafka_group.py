@@ -3,6 +3,7 @@ syncer and the watcher killed with SIGKILL mid-stream."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -20,6 +21,7 @@ from tests.support import (
     connect,
     execute,
     reap,
+    run_cli,
     wait_for,
     write_config,
 )
@@ -209,6 +211,12 @@ def test_watcher_and_syncer_group_survive_sigkill(
         for engine in (watcher, syncers[1]):
             assert engine.wait(30) == 0, log.read_text()[-3000:]
         assert time.monotonic() - started < 20
+        status = run_cli("status", "-c", str(config), "--json")
+        assert status.returncode == 0, status.stderr
+        reports = {r["pipeline"]: r for r in json.loads(status.stdout)}
+        assert reports["shop-sync"]["lag_messages"] == 0
+        assert reports["shop-watch"]["checkpoint"] and reports["shop-sync"]["rows_inserted"]
+        assert "password" not in status.stdout
     finally:
         for engine in engines:
             reap(engine)
