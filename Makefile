@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install servers bench-tools test test-fast lint format clean bench bench-mysql demo
+.PHONY: install servers bench-tools test test-fast lint format clean bench bench-mysql bench-kafka demo
 
 install: $(VENV)/.installed
 
@@ -40,17 +40,26 @@ format: install
 bench-tools:
 	@scripts/ensure-bench-tools.sh
 
-# Both benchmarks, one after the other (bench/README.md): Replicator vs native logical
-# replication on pgbench, then Replicator vs pg_chameleon from MariaDB on sysbench.
+# The three benchmarks, one after the other (bench/README.md): Replicator vs native logical
+# replication on pgbench, Replicator vs pg_chameleon from MariaDB on sysbench, then
+# PostgreSQL -> Kafka -> PostgreSQL (watcher + syncer) vs native logical replication.
 # Options: make bench BENCH_ARGS="--scale 1 --duration 5" BENCH_MYSQL_ARGS="--duration 5"
+#          BENCH_KAFKA_ARGS="--rows 100000"
 bench: install servers bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
 	$(BIN)/python -m bench.mysql $(BENCH_MYSQL_ARGS)
+	$(BIN)/python -m bench.kafka $(BENCH_KAFKA_ARGS)
 
 # MariaDB -> PostgreSQL: Replicator vs pg_chameleon (its venv is made on the first run).
 # Options: make bench-mysql BENCH_MYSQL_ARGS="--table-size 50000 --duration 10"
 bench-mysql: install servers bench-tools
 	$(BIN)/python -m bench.mysql $(BENCH_MYSQL_ARGS)
+
+# PostgreSQL -> Kafka -> PostgreSQL: Replicator's watcher and syncer vs native logical
+# replication, and Debezium's connector as a peer watcher (its jars are fetched on first use).
+# Options: make bench-kafka BENCH_KAFKA_ARGS="--rows 100000 --partitions 3"
+bench-kafka: install servers
+	$(BIN)/python -m bench.kafka $(BENCH_KAFKA_ARGS)
 
 # A guided tour: a sample shop copied between two throw-away servers while it takes orders,
 # then verified row by row (demo/__init__.py). Options: make demo DEMO_ARGS="--duration 5"

@@ -276,7 +276,8 @@ class KafkaBroker(ChildProcessServer):
 
     def create_topic(self, topic: str, partitions: int = 1, timeout: float = 30) -> None:
         """Create a topic (one replica) and wait until every partition has a leader."""
-        from confluent_kafka.admin import AdminClient, NewTopic
+        from confluent_kafka.admin import AdminClient
+        from confluent_kafka.cimpl import NewTopic
 
         admin = AdminClient({"bootstrap.servers": self.bootstrap_servers})
         futures = admin.create_topics([NewTopic(topic, partitions, 1)], request_timeout=timeout)
