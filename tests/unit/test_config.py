@@ -125,3 +125,78 @@ def test_identifiers_are_quoted_like_postgresql_does():
     assert quote_ident("Order Lines") == '"Order Lines"'
     assert quote_ident('a"b') == '"a""b"'
     assert TableId("public", "select").quoted == 'public."select"'
+
+
+KAFKA = """
+pipelines:
+  - name: shop-watch
+    source: {type: postgres, dsn: "postgresql://repl@db/shop", tables: ["public.*"]}
+    sink:
+      type: kafka
+      bootstrap_servers: "127.0.0.1:9092"
+      topic_prefix: shop
+      kafka: {sasl.password: "kafka-secret-9", linger.ms: 5}
+  - name: shop-sync
+    source:
+      type: kafka
+      bootstrap_servers: "127.0.0.1:9092"
+      topics: "^shop\\\\..*"
+      group: shop-sync
+    sink: {type: postgres, dsn: "postgresql://writer@wh/warehouse"}
+"""
+
+
+def test_kafka_watcher_and_syncer_configs_load_with_their_defaults(tmp_path: Path):
+    """The issue's example loads: a watcher with a file checkpoint next to the config, and a
+    syncer subscribing by regular expression."""
+    config = load_config(write(tmp_path, KAFKA), {})
+    watch, sync = config.pipelines
+    assert watch.sink.type == "kafka" and watch.sink.topic_for("public", "orders") == (
+        "shop.public.orders"
+    )
+    assert watch.checkpoint is not None
+    assert watch.checkpoint.dir == str(tmp_path.resolve() / "replicator-state")
+    assert sync.source.type == "kafka" and sync.source.subscription == ["^shop\\..*"]
+    assert sync.checkpoint is None
+    assert redact("auth failed with kafka-secret-9") == "auth failed with [secure]"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ('topics: "^shop\\\\.(["', "pipelines[1].source.topics (line 14): not a valid regular"),
+        ('topics: ["bad topic"]', "is not a Kafka topic name"),
+        ("group: shop-sync\n      kafka: {group.id: x}", "'group.id' is set by Replicator"),
+        (
+            "group: shop-sync\n      topic_tables: {t: orders}",
+            "name a schema-qualified table",
+        ),
+    ],
+)
+def test_kafka_source_mistakes_are_named(tmp_path: Path, change: str, expected: str):
+    """Bad topic patterns, owned librdkafka settings and unqualified tables are config errors."""
+    key = change.split(":")[0]
+    original = {"topics": '      topics: "^shop\\\\..*"', "group": "      group: shop-sync"}[key]
+    assert original in KAFKA
+    text = KAFKA.replace(original, "      " + change)
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text), {})
+    assert expected in str(err.value)
+    assert err.value.exit_code == 2
+
+
+def test_a_postgres_sink_takes_no_checkpoint_section(tmp_path: Path):
+    """The checkpoint of a postgres sink lives in its database: a file checkpoint is refused."""
+    text = GOOD + "    checkpoint: {type: file, dir: /tmp/x}\n"
+    with pytest.raises(ConfigError, match="keeps the checkpoint in the target"):
+        load_config(write(tmp_path, text), {"SOURCE_PASSWORD": "x"})
+
+
+def test_kafka_sink_template_and_prefix_are_checked(tmp_path: Path):
+    """A topic template with unknown placeholders, or a prefix Kafka refuses, is an error."""
+    bad = KAFKA.replace("topic_prefix: shop", "topic_prefix: shop\n      topic: '{db}.{table}'")
+    with pytest.raises(ConfigError, match=r"may use \{prefix\}, \{schema\} and \{table\}"):
+        load_config(write(tmp_path, bad), {})
+    bad = KAFKA.replace("topic_prefix: shop", "topic_prefix: 'sh op'")
+    with pytest.raises(ConfigError, match="letters, digits"):
+        load_config(write(tmp_path, bad), {})
