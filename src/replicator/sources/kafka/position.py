@@ -15,7 +15,7 @@ STREAM_PHASE = 1
 """First element of a streamed change's order key."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KafkaPosition:
     """Where a syncer stands: the next offset to read of each partition it consumed.
 
@@ -32,6 +32,9 @@ class KafkaPosition:
     changes order ``(STREAM_PHASE, *source order, offset)``, or ``(STREAM_PHASE, offset)``
     when the envelope names no position; offsets only compare within a partition, which is
     where one key's changes are.
+
+    Never changed once made (not ``frozen`` only because the reader makes one per message,
+    and a frozen dataclass takes three times as long to construct).
     """
 
     offsets: Mapping[Partition, int] = field(default_factory=dict)
