@@ -35,6 +35,7 @@ class MessageConverter:
         self._partitions = partitions
         self._log = get_logger(pipeline=pipeline, source="kafka")
         self._warned: set[str] = set()
+        self._last_timestamp: tuple[Any, datetime | None] = (None, None)
         self.transactions = TransactionTracker()
         self.grouping = False  # transaction metadata seen: commit points wait for whole ones
 
@@ -77,7 +78,7 @@ class MessageConverter:
             order = (STREAM_PHASE, *change.order, offset)
         else:
             order = (STREAM_PHASE, offset)
-        commit_ts = _timestamp(change.source.get("ts_ms") or change.ts_ms)
+        commit_ts = self._timestamp(change.source.get("ts_ms") or change.ts_ms)
         position = KafkaPosition(order=order)
         if op is Op.TRUNCATE:
             return self._truncate(change, table, topic, position, commit_ts)
@@ -101,6 +102,18 @@ class MessageConverter:
         before = convert(change.before)
         key = _key(schema.key, convert(change.key), after)
         return ChangeEvent(op, schema, key, before, after, position, commit_ts, None, size)
+
+    def _timestamp(self, ms: Any) -> datetime | None:
+        if ms == self._last_timestamp[0]:
+            return self._last_timestamp[1]  # a source transaction's events share their time
+        found: datetime | None = None
+        if isinstance(ms, int | float) and not isinstance(ms, bool):
+            try:
+                found = datetime.fromtimestamp(ms / 1000, UTC)
+            except (ValueError, OverflowError, OSError):
+                pass  # not milliseconds after all (the docs' Cassandra sample): no time
+        self._last_timestamp = (ms, found)
+        return found
 
     def _truncate(
         self,
@@ -140,16 +153,11 @@ class MessageConverter:
 def _key(names: tuple[str, ...], key: Row | None, row: Row | None) -> Row | None:
     if not names:
         return None
-    source = key if key is not None and all(n in key for n in names) else row
-    if source is None:
+    if key is not None:
+        try:
+            return {n: key[n] for n in names}
+        except KeyError:
+            pass  # the message key names other columns: read the key from the row
+    if row is None:
         return None
-    return {n: source.get(n) for n in names}
-
-
-def _timestamp(ms: Any) -> datetime | None:
-    if not isinstance(ms, int | float) or isinstance(ms, bool):
-        return None
-    try:
-        return datetime.fromtimestamp(ms / 1000, UTC)
-    except (ValueError, OverflowError, OSError):
-        return None  # not milliseconds after all (the docs' Cassandra sample): no time
+    return {n: row.get(n) for n in names}

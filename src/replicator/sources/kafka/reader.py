@@ -17,7 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 from replicator.errors import ReplicatorError, SourceConnectionError, SourceError
-from replicator.events import StreamItem, TableId, TableSchema, TxCommit
+from replicator.events import StreamItem, TableSchema, TxCommit
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.sources.handoff import HANDOFF_ITEMS, Handoff, Stopped
@@ -57,7 +57,8 @@ class GroupReader:
         self._callback_error: BaseException | None = None
         self._partition_counts: dict[str, int] = {}
         self._given_up = 0
-        self._schemas: dict[TableId, TableSchema] = {}  # each table's latest definition
+        # Each table's latest definition, by the identity of its TableId (see above).
+        self._schemas: dict[int, TableSchema] = {}
         self._withheld = False  # a commit point is held back for an incomplete transaction
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -148,14 +149,14 @@ class GroupReader:
                 continue  # fetched before its partition was revoked: its new owner reads it
             event = convert(topic, partition, offset, message.key(), message.value())
             if event is not None:
-                table = event.schema.table
-                seen = schemas.get(table)
-                if seen is not event.schema:
+                schema = event.schema
+                seen = schemas.get(id(schema.table))  # one TableId object per topic
+                if seen is not schema:
                     if seen is not None and consumed and not self._withheld:
                         # A table's definition changed (a column added, say): what came
                         # before is applied first, with the definition it was read with.
                         items.append(TxCommit(KafkaPosition(dict(self._next))))
-                    schemas[table] = event.schema
+                    schemas[id(schema.table)] = schema
                 items.append(event)
                 size += event.size
             self._next[where] = offset + 1

@@ -93,7 +93,9 @@ class TableMapper:
         delete's old image may hold the key only).
         """
         names = tuple(row) if row is not None else ()
-        shape = (table, names, change.key_columns, change.columns is None, complete)
+        # Keyed by the TableId's identity (one object per topic, kept in self._tables):
+        # hashing the dataclass per message showed in profiles.
+        shape = (id(table), names, change.key_columns, change.columns is None, complete)
         found = self._schemas.get(shape)
         if found is None:
             provisional = self._provisional.get(shape)
