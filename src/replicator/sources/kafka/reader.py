@@ -24,7 +24,7 @@ from replicator.sources.handoff import HANDOFF_ITEMS, Handoff, Stopped
 from replicator.sources.kafka.convert import MessageConverter
 from replicator.sources.kafka.position import KafkaPosition, Partition
 
-_CONSUME_TIMEOUT = 0.2
+_CONSUME_TIMEOUT = 0.05  # consume() waits this long for a full hand-over when data trickles
 _CLOSE_COMMIT_TIMEOUT = 5.0
 
 
@@ -201,6 +201,8 @@ class GroupReader:
         self._log.warning("Kafka consumer error; retrying", error=redact(error.str()))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Partitions added to a topic cause a rebalance: count them again from now on.
+        self._partition_counts.clear()
         try:
             wanted = [(tp.topic, tp.partition) for tp in partitions]
             stored = self._load_offsets(wanted) if wanted else {}
