@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -162,3 +163,28 @@ def test_a_restarted_watcher_resumes_without_losing_a_change(
     lines = [m.value() for m in _messages(bootstrap, logs, 3)]
     assert len(lines) == 10 and all(m.partition() == 0 for m in _messages(bootstrap, logs, 3))
     assert [json.loads(v)["after"]["line"] for v in lines] == [f"line {i}" for i in range(10)]
+
+
+def test_unreachable_brokers_are_a_preflight_error_with_the_fix(source_dsn, target_dsn, tmp_path):
+    """Neither a watcher nor a syncer starts when no broker answers; both say what to check."""
+    from replicator.engine.registry import make_pipeline
+
+    dead = "127.0.0.1:1"
+    watch = _watcher(source_dsn, dead, "nowhere", tmp_path / "state")
+    sync = PipelineConfig.model_validate(
+        {
+            "name": "nowhere-sync",
+            "source": {"type": "kafka", "bootstrap_servers": dead, "topics": ["t"], "group": "g"},
+            "sink": {"type": "postgres", "dsn": target_dsn},
+        }
+    )
+    for config in (watch, sync):
+        pipeline = make_pipeline(config, threading.Event())
+        try:
+            problems = pipeline.check(None)
+        finally:
+            pipeline.close()
+        messages = [str(p) for p in problems]
+        assert any(
+            "cannot reach Kafka at 127.0.0.1:1" in m and "bootstrap_servers" in m for m in messages
+        )

@@ -24,10 +24,11 @@ from confluent_kafka.cimpl import NewTopic
 
 from replicator.checkpoints.file import FileCheckpointStore
 from replicator.config import KafkaSinkConfig, PipelineConfig
-from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
+from replicator.contracts import ApplyStats, Batch, Problem, Sink, SinkCapabilities
 from replicator.debezium.encoder import EnvelopeEncoder
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import UNCHANGED, ChangeEvent, Op, Position, TableId, TableSchema
+from replicator.kafkaclient import cluster_topics
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 
@@ -129,19 +130,10 @@ class KafkaSink(Sink):
 
     def preflight(self) -> list[Problem]:
         """The brokers answer."""
-        try:
-            metadata = self._admin().list_topics(timeout=_METADATA_TIMEOUT)
-        except KafkaException as exc:
-            return [
-                Problem(
-                    Severity.ERROR,
-                    f"cannot reach Kafka at {self._config.bootstrap_servers}: "
-                    f"{redact(str(exc.args[0] if exc.args else exc))}",
-                    "check bootstrap_servers and that the brokers listen there",
-                )
-            ]
-        self._known_topics = set(metadata.topics)
-        return []
+        topics, problems = cluster_topics(self._admin(), self._config.bootstrap_servers)
+        if not problems:
+            self._known_topics = topics
+        return problems
 
     def topic(self, table: TableId) -> str:
         """The topic of a table's changes."""

@@ -23,6 +23,7 @@ from replicator.config import KafkaSourceConfig, PipelineConfig
 from replicator.contracts import Problem, Severity, SnapshotSession, Source
 from replicator.errors import SourceError
 from replicator.events import Position, StreamItem, TableId, TableSchema
+from replicator.kafkaclient import cluster_topics
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.pgsession import connection_string
@@ -117,18 +118,10 @@ class KafkaSource(Source):
 
     def preflight(self, checkpoint: Position | None = None) -> list[Problem]:
         """The brokers answer, and some topic matches the subscription."""
-        try:
-            metadata = self._admin().list_topics(timeout=_METADATA_TIMEOUT)
-        except KafkaException as exc:
-            return [
-                Problem(
-                    Severity.ERROR,
-                    f"cannot reach Kafka at {self._config.bootstrap_servers}: "
-                    f"{redact(str(exc.args[0] if exc.args else exc))}",
-                    "check bootstrap_servers and that the brokers listen there",
-                )
-            ]
-        topics = [t for t in metadata.topics if self._subscribed(t)]
+        names, problems = cluster_topics(self._admin(), self._config.bootstrap_servers)
+        if problems:
+            return problems
+        topics = [t for t in names if self._subscribed(t)]
         if not topics:
             return [
                 Problem(
