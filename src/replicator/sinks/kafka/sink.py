@@ -28,11 +28,10 @@ from replicator.contracts import ApplyStats, Batch, Problem, Sink, SinkCapabilit
 from replicator.debezium.encoder import EnvelopeEncoder
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import UNCHANGED, ChangeEvent, Op, Position, TableId, TableSchema
-from replicator.kafkaclient import cluster_topics
+from replicator.kafkaclient import METADATA_TIMEOUT, cluster_topics, kafka_error
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 
-_METADATA_TIMEOUT = 10.0
 _POLL_EVERY = 1000  # serve delivery reports every this many messages
 
 # Defaults a user may override under `kafka:`; the owned settings are set after them.
@@ -152,19 +151,19 @@ class KafkaSink(Sink):
     def _create_topic(self, topic: str) -> None:
         admin = self._admin()
         try:
-            metadata = admin.list_topics(timeout=_METADATA_TIMEOUT)
+            metadata = admin.list_topics(timeout=METADATA_TIMEOUT)
             self._known_topics = set(metadata.topics)
             if topic in self._known_topics:
                 return
             futures = admin.create_topics(
                 [NewTopic(topic, self._config.partitions, self._config.replication_factor)],
-                operation_timeout=_METADATA_TIMEOUT,
+                operation_timeout=METADATA_TIMEOUT,
             )
-            futures[topic].result(timeout=_METADATA_TIMEOUT + 5)
+            futures[topic].result(timeout=METADATA_TIMEOUT + 5)
             self._log.info("created topic", topic=topic, partitions=self._config.partitions)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            error, _ = kafka_error(exc)
+            if error is not None and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                 pass
             else:
                 raise _translate(exc, f"creating topic {topic}") from exc
@@ -346,17 +345,16 @@ def _database(pipeline: PipelineConfig) -> str:
 
 
 def _translate(exc: KafkaException, doing: str) -> SinkError:
-    error = exc.args[0] if exc.args else None
-    text = error.str() if isinstance(error, KafkaError) else str(exc)
-    if isinstance(error, KafkaError) and error.code() in (
+    error, text = kafka_error(exc)
+    if error is not None and error.code() in (
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
         KafkaError.CLUSTER_AUTHORIZATION_FAILED,
     ):
         return SinkError(
-            f"Kafka refused {doing}: {redact(text)}",
+            f"Kafka refused {doing}: {text}",
             fix="grant the watcher's principal CREATE and WRITE on the topics (or create the "
             "topics beforehand)",
         )
-    if isinstance(error, KafkaError) and error.retriable():
-        return SinkConnectionError(f"{doing} failed: {redact(text)}")
-    return SinkError(f"{doing} failed: {redact(text)}")
+    if error is not None and error.retriable():
+        return SinkConnectionError(f"{doing} failed: {text}")
+    return SinkError(f"{doing} failed: {text}")

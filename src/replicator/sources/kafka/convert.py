@@ -45,24 +45,16 @@ class MessageConverter:
         """The change a message carries; None for a message that changes no row."""
         try:
             message = read_message(key, value)
+            if not isinstance(message, Change):
+                if isinstance(message, TransactionMarker):
+                    self.grouping = True
+                    self.transactions.marker(message)
+                return None  # tombstones follow deletes; markers and DDL change no row
+            if message.transaction is not None and self.grouping:
+                self.transactions.change(message.transaction.key)
+            size = len(value or b"") + len(key or b"")
+            return self._event(message, topic, partition, offset, size)
         except SourceError as exc:
-            raise SourceError(
-                f"{topic} partition {partition} offset {offset}: {exc.message}", fix=exc.fix
-            ) from exc
-        if not isinstance(message, Change):
-            if isinstance(message, TransactionMarker):
-                self.grouping = True
-                self.transactions.marker(message)
-            return None  # tombstones follow deletes; markers and DDL change no row
-        if message.transaction is not None and self.grouping:
-            self.transactions.change(message.transaction.key)
-        try:
-            return self._event(
-                message, topic, partition, offset, len(value or b"") + len(key or b"")
-            )
-        except SourceError as exc:
-            if exc.message.startswith(topic):
-                raise
             raise SourceError(
                 f"{topic} partition {partition} offset {offset}: {exc.message}", fix=exc.fix
             ) from exc

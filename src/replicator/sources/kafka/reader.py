@@ -18,6 +18,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from replicator.errors import ReplicatorError, SourceConnectionError, SourceError
 from replicator.events import StreamItem, TableSchema, TxCommit
+from replicator.kafkaclient import kafka_error
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
 from replicator.sources.handoff import HANDOFF_ITEMS, Handoff, Stopped
@@ -265,15 +266,14 @@ def _describe(partitions: list[TopicPartition]) -> str:
 
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, KafkaException):
-        error = exc.args[0] if exc.args else None
-        text = error.str() if isinstance(error, KafkaError) else str(exc)
-        if isinstance(error, KafkaError) and error.code() in (
+        error, text = kafka_error(exc)
+        if error is not None and error.code() in (
             KafkaError.TOPIC_AUTHORIZATION_FAILED,
             KafkaError.GROUP_AUTHORIZATION_FAILED,
         ):
             return SourceError(
-                f"Kafka refused access: {redact(text)}",
+                f"Kafka refused access: {text}",
                 fix="grant the syncer's principal READ on the topics and the consumer group",
             )
-        return SourceConnectionError(f"the Kafka consumer failed: {redact(text)}")
+        return SourceConnectionError(f"the Kafka consumer failed: {text}")
     return exc

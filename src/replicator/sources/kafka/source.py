@@ -16,23 +16,21 @@ from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from replicator.config import KafkaSourceConfig, PipelineConfig
 from replicator.contracts import Problem, Severity, SnapshotSession, Source
 from replicator.errors import SourceError
 from replicator.events import Position, StreamItem, TableId, TableSchema
-from replicator.kafkaclient import cluster_topics
+from replicator.kafkaclient import METADATA_TIMEOUT, cluster_topics, kafka_error
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_string
+from replicator.sinks.postgres.session import connect
 from replicator.sources.kafka.convert import MessageConverter
 from replicator.sources.kafka.position import KafkaPosition, Partition
 from replicator.sources.kafka.reader import GroupReader
 from replicator.sources.kafka.tables import TableMapper
-
-_METADATA_TIMEOUT = 10.0
 
 # Defaults a user may override under `kafka:`; the owned settings are set after them.
 _DEFAULTS: dict[str, Any] = {
@@ -78,18 +76,8 @@ class KafkaSource(Source):
     def _target(self) -> psycopg.Connection[Any]:
         """A connection to the target: where the offsets and table definitions live."""
         if self._target_conn is None or self._target_conn.closed:
-            from replicator.errors import SinkConnectionError
-
-            app = f"replicator:{self._pipeline.name}:offsets"[:63]
-            try:
-                self._target_conn = psycopg.connect(
-                    connection_string(self._pipeline.target_dsn.secret(), app)
-                )
-            except psycopg.Error as exc:
-                raise SinkConnectionError(
-                    f"cannot connect to the target database: {redact(str(exc).strip())}",
-                    fix="check the sink DSN (host, port, database, user, password)",
-                ) from exc
+            # Reads only: nothing committed here is acknowledged anywhere.
+            self._target_conn = connect(self._pipeline, synchronous_commit=False)
         return self._target_conn
 
     def _load_offsets(self, partitions: list[Partition]) -> dict[Partition, int]:
@@ -204,7 +192,7 @@ class KafkaSource(Source):
         """Messages not yet applied per topic: end offsets minus the offsets in the target."""
         consumer = Consumer({**self._settings(), "group.id": self._config.group})
         try:
-            metadata = consumer.list_topics(timeout=_METADATA_TIMEOUT)
+            metadata = consumer.list_topics(timeout=METADATA_TIMEOUT)
             partitions = [
                 (name, p)
                 for name, topic in metadata.topics.items()
@@ -215,7 +203,7 @@ class KafkaSource(Source):
             lag = 0
             for name, p in partitions:
                 low, high = consumer.get_watermark_offsets(
-                    TopicPartition(name, p), timeout=_METADATA_TIMEOUT
+                    TopicPartition(name, p), timeout=METADATA_TIMEOUT
                 )
                 lag += max(0, high - max(low, stored.get((name, p), low)))
         except KafkaException as exc:
@@ -237,16 +225,13 @@ class KafkaSource(Source):
         try:
             futures = self._admin().delete_consumer_groups([self._config.group])
             for future in futures.values():
-                future.result(timeout=_METADATA_TIMEOUT)
+                future.result(timeout=METADATA_TIMEOUT)
         except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            code = getattr(error, "code", lambda: None)()
-            from confluent_kafka import KafkaError
-
-            if code == KafkaError.GROUP_ID_NOT_FOUND:
+            error, text = kafka_error(exc)
+            if error is not None and error.code() == KafkaError.GROUP_ID_NOT_FOUND:
                 return []
             raise SourceError(
-                f"cannot delete consumer group {self._config.group}: {redact(str(exc))}",
+                f"cannot delete consumer group {self._config.group}: {text}",
                 fix="stop every syncer of the group first (a group with members cannot be deleted)",
             ) from exc
         return [f"consumer group {self._config.group}"]
