@@ -14,10 +14,12 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Servers the test suite starts in temporary folders (installed only when missing): the
-# database servers from Debian packages, Kafka's jars from Maven Central.
+# database servers from Debian packages, Kafka's jars from Maven Central; and the tools the
+# operations tests drive (headless Chromium with chromedriver, promtool).
 servers:
 	@scripts/ensure-servers.sh
 	@scripts/ensure-kafka.sh
+	@scripts/ensure-test-tools.sh
 
 test: install servers
 	$(BIN)/pytest

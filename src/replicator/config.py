@@ -547,17 +547,91 @@ class PipelineConfig(_Model):
 
 
 class ApiConfig(_Model):
-    """Where the management API listens (served by a later release)."""
+    """The management HTTP API and status page, served by ``replicator run``.
+
+    Read-only endpoints are open unless ``auth_reads``; mutating ones (pause, resume, reload)
+    need the bearer token, read from the environment variable ``token_env`` or from
+    ``token_file``. With neither set, mutating endpoints are refused.
+    """
 
     listen: str = "127.0.0.1:8080"
+    token_env: str | None = None
+    token_file: Path | None = None
+    auth_reads: bool = False
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, listen: str) -> str:
         host, sep, port = listen.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("use host:port, e.g. 127.0.0.1:8080")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError("use host:port, e.g. 127.0.0.1:8080 (port 0 picks a free one)")
         return listen
+
+    @field_validator("token_env")
+    @classmethod
+    def _check_token_env(cls, name: str | None) -> str | None:
+        if name is not None and not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
+            raise ValueError("name an environment variable, e.g. REPLICATOR_API_TOKEN")
+        return name
+
+    @field_validator("token_file", mode="before")
+    @classmethod
+    def _resolve_token_file(cls, value: Any, info: ValidationInfo) -> Any:
+        # Relative to the config file, like the checkpoint folder, not to the working folder.
+        if isinstance(value, str):
+            base = (info.context or {}).get("config_dir")
+            path = Path(value).expanduser()
+            return path if path.is_absolute() or base is None else Path(base) / path
+        return value
+
+    @model_validator(mode="after")
+    def _one_token_source(self) -> ApiConfig:
+        if self.token_env is not None and self.token_file is not None:
+            raise ValueError("set token_env or token_file, not both")
+        return self
+
+    @property
+    def host(self) -> str:
+        """The address to bind (brackets of an IPv6 literal removed)."""
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        """The port to bind; 0 picks a free one."""
+        return int(self.listen.rpartition(":")[2])
+
+    def token(self) -> str | None:
+        """The bearer token for mutating endpoints, or None when none is configured.
+
+        Raises ConfigError when the named variable is unset or the file is unreadable, so
+        a misconfigured token stops the start rather than leaving the API unprotected.
+        """
+        if self.token_env is not None:
+            value = os.environ.get(self.token_env, "").strip()
+            if not value:
+                raise ConfigError(
+                    f"api.token_env names {self.token_env}, which is not set or empty",
+                    fix=f"export {self.token_env}=<a long random token>, or remove api.token_env",
+                )
+        elif self.token_file is not None:
+            try:
+                value = self.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot read api.token_file {str(self.token_file)!r}: {exc.strerror}",
+                    fix="create the file with the token on one line, readable by this user",
+                ) from None
+            if not value:
+                raise ConfigError(f"api.token_file {str(self.token_file)!r} is empty")
+        else:
+            return None
+        if len(value) < 16:
+            raise ConfigError(
+                "the API token is shorter than 16 characters",
+                fix="use a long random token, e.g. the output of: openssl rand -hex 32",
+            )
+        register_secret(value)
+        return value
 
 
 class LoggingConfig(_Model):
@@ -565,6 +639,26 @@ class LoggingConfig(_Model):
 
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["console", "json"] = "console"
+    # Columns whose values are masked wherever a server's message quotes them (a key in a
+    # constraint error, a failing row): "table.column", "schema.table.column" or "column".
+    redact_columns: list[str] = []
+
+
+class ObservabilityConfig(_Model):
+    """Tracing: OpenTelemetry spans per batch, exported over OTLP/HTTP when an endpoint is set."""
+
+    otlp_endpoint: str | None = None
+    service_name: str = "replicator"
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _check_endpoint(cls, endpoint: str | None) -> str | None:
+        if endpoint is not None and not re.match(r"^https?://[^/\s]+", endpoint):
+            raise ValueError(
+                "use the collector's OTLP/HTTP URL, e.g. http://127.0.0.1:4318 "
+                "(spans are posted to /v1/traces under it)"
+            )
+        return endpoint
 
 
 class Config(_Model):
@@ -573,6 +667,7 @@ class Config(_Model):
     pipelines: Annotated[list[PipelineConfig], Field(min_length=1)]
     api: ApiConfig | None = None
     logging: LoggingConfig = LoggingConfig()
+    observability: ObservabilityConfig = ObservabilityConfig()
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -782,6 +877,7 @@ __all__ = [
     "LoggingConfig",
     "MysqlDsn",
     "MysqlSourceConfig",
+    "ObservabilityConfig",
     "PipelineConfig",
     "PostgresSinkConfig",
     "PostgresSourceConfig",
