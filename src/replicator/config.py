@@ -549,15 +549,14 @@ class PipelineConfig(_Model):
 class ApiConfig(_Model):
     """The management HTTP API and status page, served by ``replicator run``.
 
-    Read-only endpoints are open unless ``auth_reads``; mutating ones (pause, resume, reload)
-    need the bearer token, read from the environment variable ``token_env`` or from
-    ``token_file``. With neither set, mutating endpoints are refused.
+    Read-only endpoints are open; mutating ones (pause, resume, restart, reload) need the
+    bearer token, read from the environment variable ``token_env`` or from ``token_file``.
+    With neither set, mutating endpoints are refused.
     """
 
     listen: str = "127.0.0.1:8080"
     token_env: str | None = None
     token_file: Path | None = None
-    auth_reads: bool = False
 
     @field_validator("listen")
     @classmethod

@@ -11,27 +11,38 @@ Ordering is the whole point (DESIGN invariants 1, 3 and 6):
 Batches close when they reach ``max_events`` or ``max_bytes``, when the source has nothing
 more ready right now (so a quiet pipeline applies each transaction at once), or when the
 oldest change has waited ``max_age_ms`` (so a busy one still commits regularly).
+
+A pause takes effect at the next transaction boundary: what is complete is committed, then
+nothing is applied or acknowledged until resumed. The source's reader stops reading once its
+queue is full but keeps its connection alive (PostgreSQL status updates with the last durable
+position, Kafka polls with fetching paused), so a pause can outlast the server's timeouts.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
+from replicator.engine.progress import RateWindow
 from replicator.engine.snapshot import SnapshotRound, Stopped
 from replicator.errors import PreflightError, ReplicatorError, SchemaMismatchError
 from replicator.events import ChangeEvent, Heartbeat, Op, Position, TableId, TableSchema, TxCommit
+from replicator.observability import tracing
 from replicator.observability.logging import get_logger
+from replicator.observability.metrics import PipelineMetrics
 from replicator.sequences import SequenceSync
 
 IDLE_CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints of an idle pipeline
 STATUS_INTERVAL = 5.0
 SUMMARY_INTERVAL = 30.0
+_PAUSE_POLL = 0.2  # seconds between checks for a resume or a stop while paused
 
 
 @dataclass
@@ -73,7 +84,7 @@ class Pipeline:
         self._transactions = 0  # complete transactions among the pending events
         self._chunk_open = False  # the sink holds an uncommitted chunk of a transaction
         # Operations in chunks applied but not yet committed, counted when they commit.
-        self._chunked_ops: Counter[Op] = Counter()
+        self._chunked_ops: Counter[tuple[TableId, Op]] = Counter()
         self._oldest = 0.0  # monotonic time the oldest pending item arrived
         self._durable: Position | None = None
         self._schemas: dict[TableId, TableSchema] = {}
@@ -86,6 +97,17 @@ class Pipeline:
         self._last_sequence_sync = 0.0
         self._last_status = 0.0
         self._last_summary = time.monotonic()
+        # What operators see (the API, metrics): read from other threads, written only here.
+        self.metrics = PipelineMetrics(config.name)
+        self.state = "starting"
+        self.metrics.state("starting")
+        self.started_at: datetime | None = None
+        self.paused_at: datetime | None = None
+        self._pause_wanted = threading.Event()
+        self._rate = RateWindow()
+        self._applied_lag = 0.0  # end-to-end lag of the last commit
+        self._read_started_ns = 0  # wall clock of the oldest pending change, for tracing
+        self._debug = self._log.is_enabled_for(logging.DEBUG)  # once: flushes are hot
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -129,9 +151,10 @@ class Pipeline:
                 export_snapshot=checkpoint is None and self._snapshots_enabled,
             )
             self._durable = start
-            self._store.report(self.name, "starting", started=True)
+            self.started_at = datetime.now(UTC)
+            self._phase("starting", started=True)
             self._run_snapshots()
-            self._store.report(self.name, "streaming")
+            self._phase("streaming")
             self._stream(start)
         except Stopped:
             self._safe_report("stopped")
@@ -144,6 +167,7 @@ class Pipeline:
             self._safe_report("stopped")
             self._log.info("stopped", checkpoint=str(self._durable), **self._summary())
         finally:
+            self.paused_at = None
             self.close()
 
     def close(self) -> None:
@@ -195,7 +219,7 @@ class Pipeline:
             copy = [t for t in pending if t.table in schemas]
             if not copy:
                 break
-            self._store.report(self.name, "snapshotting")
+            self._phase("snapshotting")
             SnapshotRound(
                 self.config,
                 self._source,
@@ -225,7 +249,7 @@ class Pipeline:
             self._sync_tables(new_pipeline=False)
         if self._snapshot_wanted:
             self._run_snapshots()
-            self._store.report(self.name, "streaming")
+            self._phase("streaming")
         every = self.config.sync_sequences_interval_s
         if every and now - self._last_sequence_sync >= every:
             self._sync_sequences(now)
@@ -247,7 +271,15 @@ class Pipeline:
             if result.failed:
                 self._log.warning("sequence not synchronised", detail=result.summary())
 
+    def _phase(self, phase: str, started: bool = False) -> None:
+        """Enter ``phase``: for operators (API, metrics) and in the store (``status``)."""
+        self.state = phase
+        self.metrics.state(phase)
+        self._store.report(self.name, phase, started=started)
+
     def _safe_report(self, phase: str, error: str | None = None) -> None:
+        self.state = phase
+        self.metrics.state(phase)
         try:
             self._store.report(self.name, phase, error=error)
         except Exception as exc:  # noqa: BLE001 - status is informational; keep the real error
@@ -290,6 +322,10 @@ class Pipeline:
                 self._idle_position(item, now)
             if self._last_commit is not None and now - self._oldest >= max_age:
                 self._flush()
+            if self._pause_wanted.is_set() and not self._chunk_open:
+                if self._last_commit is not None:
+                    self._flush()
+                self._hold()
             if self._stop.is_set():
                 if self._last_commit is not None:
                     self._flush()
@@ -302,6 +338,44 @@ class Pipeline:
                 self._report(now)
             if not self._pending and not self._chunk_open:
                 self._between_transactions(now)
+
+    # --- pause and resume -------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Ask the pipeline to pause at the next transaction boundary (from any thread)."""
+        self._pause_wanted.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause` (from any thread); the stream goes on exactly where it stopped."""
+        self._pause_wanted.clear()
+
+    @property
+    def pause_requested(self) -> bool:
+        """Whether a pause was asked for and not undone."""
+        return self._pause_wanted.is_set()
+
+    def _hold(self) -> None:
+        """Apply and acknowledge nothing until resumed or stopped.
+
+        Changes of a transaction not yet complete stay pending in memory; the source's reader
+        fills its queue, then keeps its connection alive without reading further.
+        """
+        self.paused_at = datetime.now(UTC)
+        self._phase("paused")
+        self._log.info("paused", checkpoint=str(self._durable))
+        last_report = time.monotonic()
+        while self._pause_wanted.is_set() and not self._stop.wait(_PAUSE_POLL):
+            now = time.monotonic()
+            if now - last_report >= STATUS_INTERVAL:
+                last_report = now
+                # The store's heartbeat tells ``replicator status`` the pipeline is alive.
+                self._store.report(self.name, "paused", lag_seconds=self.lag_seconds())
+        self.paused_at = None
+        if not self._stop.is_set():
+            self._phase("streaming")
+            self._log.info("resumed", checkpoint=str(self._durable))
+
+    # --- the loop helpers -------------------------------------------------------------------
 
     def _full(self, max_events: int, max_bytes: int) -> bool:
         return len(self._pending) >= max_events or self._pending_bytes >= max_bytes
@@ -335,8 +409,10 @@ class Pipeline:
                 self._keep_complete()
                 raise
             self._schemas[event.table] = event.schema
-        if not self._pending and not self._oldest:
-            self._oldest = now
+        if not self._pending:
+            if not self._oldest:
+                self._oldest = now
+            self._read_started_ns = time.time_ns()
         self._pending.append(event)
         self._pending_bytes += event.size
 
@@ -362,14 +438,31 @@ class Pipeline:
         assert commit is not None
         cut = self._boundary
         events = self._pending[:cut]
-        durable = self._sink.apply(
-            Batch(events=events, commit=commit, transactions=self._transactions), self.name
-        )
-        assert durable is not None
-        # Only now, with data and checkpoint committed together, may the source let go.
-        self._source.acknowledge(durable)
+        started = time.monotonic()
+        with tracing.batch(
+            self.name,
+            read_started_ns=self._read_started_ns if events else None,
+            events=len(events),
+            transactions=self._transactions,
+        ):
+            durable = self._sink.apply(
+                Batch(events=events, commit=commit, transactions=self._transactions), self.name
+            )
+            assert durable is not None
+            # Only now, with data and checkpoint committed together, may the source let go.
+            with tracing.step("acknowledge"):
+                self._source.acknowledge(durable)
+            if self._debug:
+                self._log.debug(
+                    "batch committed",
+                    events=len(events),
+                    transactions=self._transactions,
+                    checkpoint=str(durable),
+                    seconds=round(time.monotonic() - started, 4),
+                )
         self._durable = durable
-        self._count(self._chunked_ops + Counter(e.op for e in events))
+        tally = self._chunked_ops + Counter((e.table, e.op) for e in events)
+        self._count(tally, commit, time.monotonic() - started)
         self._chunked_ops = Counter()
         self.counters.transactions += self._transactions
         rest = self._pending[cut:]
@@ -380,6 +473,8 @@ class Pipeline:
         self._transactions = 0
         self._chunk_open = False
         self._oldest = time.monotonic() if rest else 0.0
+        if rest:
+            self._read_started_ns = time.time_ns()
 
     def _flush_chunk(self) -> None:
         """Apply part of a transaction too large for one batch; its commit comes later."""
@@ -387,29 +482,52 @@ class Pipeline:
         assert self._last_commit is None
         events = self._pending
         self._sink.apply(Batch(events=events, commit=None), self.name)
-        self._chunked_ops.update(e.op for e in events)
+        self._chunked_ops.update((e.table, e.op) for e in events)
         self._chunk_open = True
         self._pending = []
         self._pending_bytes = 0
         self._boundary = 0
 
-    def _count(self, ops: Counter[Op]) -> None:
+    def _count(self, tally: Counter[tuple[TableId, Op]], commit: TxCommit, seconds: float) -> None:
+        ops: Counter[Op] = Counter()
+        for (_, op), count in tally.items():
+            ops[op] += count
         counters = self.counters
         counters.events += ops.total()
         counters.inserted += ops[Op.INSERT] + ops[Op.READ]
         counters.updated += ops[Op.UPDATE]
         counters.deleted += ops[Op.DELETE]
         counters.truncated += ops[Op.TRUNCATE]
+        ts = commit.commit_ts
+        # A keepalive checkpoint carries no commit time: the pipeline is caught up.
+        self._applied_lag = max(0.0, time.time() - ts.timestamp()) if ts else 0.0
+        self.metrics.committed(tally, self._transactions, seconds, ops.total(), ts)
+        self.metrics.lag(self._applied_lag)
+        self._rate.add(counters.events)
 
-    def _lag_seconds(self) -> float:
-        if not self._pending:
-            return 0.0
-        ts = self._pending[0].commit_ts
-        return max(0.0, time.time() - ts.timestamp()) if ts else 0.0
+    def lag_seconds(self) -> float:
+        """End-to-end lag: the age of the oldest change read but not committed to the target,
+        else that of the last change committed (0 once a keepalive showed it caught up)."""
+        if self._pending:
+            ts = self._pending[0].commit_ts
+            if ts is not None:
+                return max(0.0, time.time() - ts.timestamp())
+        return self._applied_lag
+
+    def events_per_second(self) -> float:
+        """Change events committed per second over the last few seconds."""
+        return self._rate.rate(self.counters.events)
+
+    @property
+    def durable_position(self) -> Position | None:
+        """The last position committed to the target with its checkpoint."""
+        return self._durable
 
     def _report(self, now: float) -> None:
         self._last_status = now
-        self._store.report(self.name, "streaming", lag_seconds=self._lag_seconds())
+        lag = self.lag_seconds()
+        self.metrics.lag(lag)
+        self._store.report(self.name, "streaming", lag_seconds=lag)
         # Copies asked for from outside (replicator snapshot) while the pipeline runs.
         if any(t.state != "done" for t in self._store.snapshot_tables(self.name)):
             self._snapshot_wanted = True

@@ -36,6 +36,7 @@ from replicator.contracts import (
 )
 from replicator.errors import ReplicatorError
 from replicator.events import Position, TableId, TableSchema
+from replicator.observability import errorlog
 from replicator.observability.logging import get_logger
 
 PROGRESS_INTERVAL = 5.0
@@ -291,6 +292,7 @@ class SnapshotRound:
                 if not (reader.recovers and exc.transient) or attempt >= CHUNK_ATTEMPTS:
                     raise
                 delay = min(5.0, 0.5 * 2**attempt)
+                errorlog.record(self._config.name, exc, retried="snapshot chunk")
                 self._log.warning(
                     "copying a chunk failed; copying it again",
                     table=str(table.schema.table),

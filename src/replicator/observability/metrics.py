@@ -23,11 +23,14 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
 from replicator.events import Op, TableId
 
+# A _created series per counter and histogram would double their series for nothing.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 REGISTRY = CollectorRegistry(auto_describe=True)
 ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
@@ -145,6 +148,9 @@ RELOADS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+# Both results exist from the start, so that the first rejection is an increase alerts see.
+RELOADS.labels("applied")
+RELOADS.labels("rejected")
 
 # Every metric family this module defines, as Prometheus names them (counters end in _total).
 NAMES = frozenset(
@@ -239,10 +245,6 @@ class PipelineMetrics:
         """Set the end-to-end lag."""
         self._lag.set(seconds)
 
-    def error(self, kind: str) -> None:
-        """Count an error of class ``kind``."""
-        ERRORS.labels(self.pipeline, kind).inc()
-
     def _table(self, table: TableId) -> str:
         name = self._tables.get(table)
         if name is None:
@@ -255,9 +257,3 @@ class PipelineMetrics:
             for labels in list(metric._metrics):  # noqa: SLF001 - prometheus-client has no public listing
                 if labels[0] == self.pipeline:
                     metric.remove(*labels)
-
-
-def count_retry(pipeline: str, operation: str, error: BaseException) -> None:
-    """Count one retry of ``operation`` and the error that caused it."""
-    RETRIES.labels(pipeline, operation).inc()
-    ERRORS.labels(pipeline, type(error).__name__).inc()

@@ -31,6 +31,7 @@ from replicator.events import UNCHANGED, ChangeEvent, Op, Position, TableId, Tab
 from replicator.kafkaclient import METADATA_TIMEOUT, cluster_topics, kafka_error
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
+from replicator.observability.tracing import step
 
 _POLL_EVERY = 1000  # serve delivery reports every this many messages
 
@@ -174,19 +175,21 @@ class KafkaSink(Sink):
     def apply(self, batch: Batch, pipeline: str) -> Position | None:
         """Publish the batch; at a transaction boundary wait for every acknowledgement, then
         save the checkpoint."""
-        self.publish(batch.events, count=True)
-        self._open_transactions += batch.transactions
-        if batch.commit is None:
-            return None
-        self.wait_for_acks()
+        with step("apply"):
+            self.publish(batch.events, count=True)
+            self._open_transactions += batch.transactions
+            if batch.commit is None:
+                return None
+            self.wait_for_acks()
         position = batch.commit.position
-        self._store.save_commit(
-            pipeline,
-            position,
-            commit_ts=batch.commit.commit_ts,
-            transactions=self._open_transactions,
-            stats=self._open_stats,
-        )
+        with step("checkpoint"):
+            self._store.save_commit(
+                pipeline,
+                position,
+                commit_ts=batch.commit.commit_ts,
+                transactions=self._open_transactions,
+                stats=self._open_stats,
+            )
         self._open_stats = ApplyStats()
         self._open_transactions = 0
         return position

@@ -53,6 +53,7 @@ from replicator.events import (
     quote_ident,
 )
 from replicator.observability.logging import get_logger
+from replicator.observability.tracing import step
 from replicator.pgsession import IDENTITY_QUERY
 from replicator.sinks.postgres import ddl
 from replicator.sinks.postgres.appliers import Applier, KeyedApplier, KeylessApplier, Staged
@@ -245,45 +246,50 @@ class PostgresSink(Sink):
         try:
             self._in_transaction = True
             staged: list[tuple[TableId, list[ChangeEvent], Applier, Staged]] = []
-            groups = _group_by_table(batch.events)
-            if self._guarded:
-                # One table order for every consumer: row locks are never taken crosswise.
-                groups.sort(key=lambda group: group[0])
-            for table, events in groups:
-                applier = self._applier(table)
-                try:
-                    staged.append((table, events, applier, applier.stage(conn, events)))
-                except psycopg.Error as exc:
-                    raise translate(exc, f"applying changes to {table}", events) from exc
-            self._check(conn, staged, batch.events)
             # Statements that need no answer travel together in one round trip at the end.
             deferred: list[sql.Composable] = []
-            for table, _, _, part in staged:
-                _add(self._open_stats, part.stats)
-                deferred.extend(part.writes)
-                if part.stale:
-                    self._open_stale += part.stale
-                    self._log.debug("refused stale changes", table=str(table), events=part.stale)
+            with step("apply"):
+                groups = _group_by_table(batch.events)
+                if self._guarded:
+                    # One table order for every consumer: row locks are never taken crosswise.
+                    groups.sort(key=lambda group: group[0])
+                for table, events in groups:
+                    applier = self._applier(table)
+                    try:
+                        staged.append((table, events, applier, applier.stage(conn, events)))
+                    except psycopg.Error as exc:
+                        raise translate(exc, f"applying changes to {table}", events) from exc
+                self._check(conn, staged, batch.events)
+                for table, _, _, part in staged:
+                    _add(self._open_stats, part.stats)
+                    deferred.extend(part.writes)
+                    if part.stale:
+                        self._open_stale += part.stale
+                        self._log.debug(
+                            "refused stale changes", table=str(table), events=part.stale
+                        )
             self._open_transactions += batch.transactions
-            if batch.commit is not None:
-                position = batch.commit.position
-                if isinstance(position, KafkaPosition) and position.offsets:
-                    deferred.append(offsets_statement(pipeline, position))
-                # Last: every consumer of a Kafka group updates this row (see the docstring).
-                deferred.append(
-                    checkpoint_statement(
-                        pipeline,
-                        position,
-                        commit_ts=batch.commit.commit_ts,
-                        transactions=self._open_transactions,
-                        stats=self._open_stats,
+            # The upserts and deletes share the checkpoint's round trip, so its span has them.
+            with step("checkpoint"):
+                if batch.commit is not None:
+                    position = batch.commit.position
+                    if isinstance(position, KafkaPosition) and position.offsets:
+                        deferred.append(offsets_statement(pipeline, position))
+                    # Last: every consumer of a Kafka group updates this row (see the docstring).
+                    deferred.append(
+                        checkpoint_statement(
+                            pipeline,
+                            position,
+                            commit_ts=batch.commit.commit_ts,
+                            transactions=self._open_transactions,
+                            stats=self._open_stats,
+                        )
                     )
-                )
-            if deferred:
-                self._execute(conn, deferred, "applying", batch.events)
-            if batch.commit is None:
-                return None
-            conn.commit()
+                if deferred:
+                    self._execute(conn, deferred, "applying", batch.events)
+                if batch.commit is None:
+                    return None
+                conn.commit()
         except psycopg.Error as exc:
             self._abort()
             raise translate(exc, "committing") from exc

@@ -6,6 +6,9 @@ says what was applied. Offsets are committed to Kafka too, after the target comm
 tools that watch consumer lag. A partition revoked while some of its changes still wait in
 the queue may see them applied late, and its new owner apply them again: the sink's
 staleness guard and its never-backwards offsets make both harmless (invariant 2).
+
+While the engine takes nothing (a slow target, a pause), the thread keeps polling with
+fetching paused, so that ``max.poll.interval.ms`` never drops the member from the group.
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ class GroupReader:
         self._load_offsets = load_offsets
         self._log = get_logger(pipeline=pipeline, source="kafka")
         self._stopping = threading.Event()
-        self._handoff = Handoff(self._stopping)
+        self._handoff = Handoff(self._stopping, while_full=self._keep_membership)
+        self._fetch_paused: set[Partition] = set()
         self._consumer: Consumer | None = None
         self._assigned: set[Partition] = set()
         self._next: dict[Partition, int] = {}
@@ -118,6 +122,8 @@ class GroupReader:
                 on_lost=self._on_revoke,
             )
             while not self._stopping.is_set():
+                if self._fetch_paused:
+                    self._resume_fetching(consumer)
                 self._commit(consumer, asynchronous=True)
                 messages = consumer.consume(num_messages=HANDOFF_ITEMS, timeout=_CONSUME_TIMEOUT)
                 if self._callback_error is not None:
@@ -176,6 +182,45 @@ class GroupReader:
             self._withheld = False
             self._report_given_up()
             self._handoff.put([TxCommit(KafkaPosition(dict(self._next)))], 0)
+
+    def _keep_membership(self) -> None:
+        """Poll without fetching while the queue is full: the group keeps this member.
+
+        Pausing drops what librdkafka prefetched and resumes at the next offset not handed
+        over; a message still delivered meanwhile (a partition assigned by a rebalance in
+        this very poll) is sought back to, so nothing is skipped.
+        """
+        consumer = self._consumer
+        if consumer is None or self._callback_error is not None:
+            return  # a failure waits for the queue to drain, then reaches the engine
+        try:
+            self._pause_fetching(consumer)
+            messages = consumer.consume(num_messages=HANDOFF_ITEMS, timeout=0)
+            first: dict[Partition, int] = {}
+            for message in messages:
+                topic, partition, offset = message.topic(), message.partition(), message.offset()
+                if message.error() is None and topic is not None and partition is not None:
+                    first.setdefault((topic, partition), offset if offset is not None else 0)
+            for (topic, partition), offset in first.items():
+                consumer.seek(TopicPartition(topic, partition, offset))
+            self._pause_fetching(consumer)
+        except BaseException as exc:  # noqa: BLE001 - raised by the consuming loop
+            self._callback_error = exc
+
+    def _pause_fetching(self, consumer: Consumer) -> None:
+        new = [
+            tp for tp in consumer.assignment() if (tp.topic, tp.partition) not in self._fetch_paused
+        ]
+        if new:
+            consumer.pause(new)
+            self._fetch_paused.update((tp.topic, tp.partition) for tp in new)
+
+    def _resume_fetching(self, consumer: Consumer) -> None:
+        assigned = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+        paused = [TopicPartition(t, p) for t, p in self._fetch_paused if (t, p) in assigned]
+        self._fetch_paused = set()
+        if paused:
+            consumer.resume(paused)
 
     def _report_given_up(self) -> None:
         tracker = self._converter.transactions

@@ -29,6 +29,7 @@ import tenacity
 
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.events import ChangeEvent, Heartbeat, Op, StreamItem, TableId, TxCommit
+from replicator.observability import errorlog
 from replicator.observability.logging import get_logger
 from replicator.sources.handoff import HANDOFF_BYTES, HANDOFF_ITEMS, Handoff, Stopped
 from replicator.sources.mysql.binlog import (
@@ -102,6 +103,7 @@ class BinlogReader:
         self._describe = describe
         self._reconnect_timeout = reconnect_timeout_s
         self._log = get_logger(pipeline=pipeline, source="mysql")
+        self._pipeline = pipeline
         self._stopping = threading.Event()
         self._handoff = Handoff(self._stopping)
         self._file = start.file
@@ -406,6 +408,7 @@ class BinlogReader:
             resume = group.start
         else:
             resume = self._committed
+        errorlog.record(self._pipeline, error, retried="binlog reconnect")
         self._log.warning(
             "lost the binlog connection; reconnecting",
             error=error.message,

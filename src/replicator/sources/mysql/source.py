@@ -25,6 +25,7 @@ from replicator.errors import (
     SourceError,
 )
 from replicator.events import Position, StreamItem, TableId, TableSchema
+from replicator.observability import errorlog
 from replicator.observability.logging import get_logger
 from replicator.sources.mysql import catalog, preflight, server, tables
 from replicator.sources.mysql.binlog import BinlogConnection, BinlogTable
@@ -90,14 +91,20 @@ class MysqlSource(Source):
             stop=tenacity.stop_after_delay(self._config.reconnect_timeout_s),
             wait=tenacity.wait_exponential_jitter(multiplier=0.5, max=10),
             retry=tenacity.retry_if_exception_type(SourceConnectionError),
-            before_sleep=lambda state: self._log.warning(
-                "the source is unreachable; trying again",
-                attempt=state.attempt_number,
-                next_delay_s=round(state.upcoming_sleep, 1),
-            ),
+            before_sleep=self._retrying,
             reraise=True,
         )
         return retrying(attempt)
+
+    def _retrying(self, state: tenacity.RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        if error is not None:
+            errorlog.record(self._pipeline.name, error, retried="source reconnect")
+        self._log.warning(
+            "the source is unreachable; trying again",
+            attempt=state.attempt_number,
+            next_delay_s=round(state.upcoming_sleep, 1),
+        )
 
     def _query_for_reader(self, work: Callable[[Any], T]) -> T:
         """Catalog work of the reader thread, on its own connection."""

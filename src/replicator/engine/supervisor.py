@@ -1,0 +1,461 @@
+"""The pipelines of one ``replicator run``: start, stop, pause, resume, reload, and what each
+is doing.
+
+Each pipeline runs on a thread of its own with its own stop event, so a reload can stop one
+and start another while the rest go on. Without the management API one failing pipeline stops
+them all and the process exits non-zero (for systemd or Kubernetes to restart it); with the
+API a failed pipeline stays failed, visible in ``/health/ready`` and ``/pipelines``, until an
+operator restarts it (``POST /pipelines/NAME/restart`` or a reload), and the others go on.
+
+A status poller measures, on connections of its own, what the pipeline cannot see from
+inside: how far the source's log is ahead (bytes, Kafka messages), the WAL a slot retains,
+snapshot progress.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replicator.config import Config, PipelineConfig, load_config
+from replicator.contracts import CheckpointStore, Source
+from replicator.engine.pipeline import Pipeline
+from replicator.engine.registry import make_checkpoint_store, make_pipeline, make_source
+from replicator.engine.status import table_progress
+from replicator.errors import ConfigError, ReplicatorError
+from replicator.observability import errorlog, tracing
+from replicator.observability.logging import get_logger
+from replicator.observability.metrics import (
+    CONSUMER_LAG,
+    RELOADS,
+    SNAPSHOT_COPIED,
+    SNAPSHOT_REMAINING,
+    SOURCE_LAG_BYTES,
+    SOURCE_RETAINED_BYTES,
+    PipelineMetrics,
+)
+from replicator.observability.redaction import configure_redaction, redact
+
+POLL_INTERVAL = 5.0  # seconds between measurements of the source side
+STOP_TIMEOUT = 60.0  # seconds a stopping pipeline gets to finish its batch
+_READY_STATES = ("snapshotting", "streaming", "paused")
+
+
+class NoSuchPipeline(ReplicatorError):
+    """An API or CLI request named a pipeline this instance does not run."""
+
+    exit_code = 2
+
+
+class Conflict(ReplicatorError):
+    """The request does not fit the pipeline's state (e.g. pausing a failed pipeline)."""
+
+
+class Runner:
+    """One pipeline's thread, and what operators see of it."""
+
+    def __init__(self, config: PipelineConfig, on_exit: Any) -> None:
+        self.config = config
+        self.name = config.name
+        self.stop = threading.Event()
+        self.pipeline: Pipeline | None = None
+        self.error: BaseException | None = None
+        self.side: dict[str, Any] = {}  # the poller's last measurements
+        self.snapshot: list[dict[str, Any]] = []
+        self._pause_early = False  # paused before the pipeline object existed
+        self._on_exit = on_exit
+        self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}")
+
+    def start(self) -> None:
+        """Start the pipeline's thread."""
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            pipeline = make_pipeline(self.config, self.stop)
+            if self._pause_early:
+                pipeline.pause()
+            self.pipeline = pipeline
+            pipeline.run()
+        except BaseException as exc:  # noqa: BLE001 - reported through the supervisor
+            self.error = exc
+            errorlog.record(self.name, exc)
+            if self.pipeline is None:
+                PipelineMetrics(self.name).state("failed")
+        finally:
+            self._on_exit(self)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
+
+    @property
+    def state(self) -> str:
+        """One of :data:`replicator.observability.metrics.STATES`."""
+        if self.error is not None:
+            return "failed"
+        state = self.pipeline.state if self.pipeline is not None else "starting"
+        if self.stop.is_set() and self.alive and state not in ("stopped", "failed"):
+            return "stopping"
+        return state
+
+    def pause(self) -> None:
+        """Pause at the next transaction boundary."""
+        self._pause_early = True
+        if self.pipeline is not None:
+            self.pipeline.pause()
+
+    def resume(self) -> None:
+        """Undo a pause."""
+        self._pause_early = False
+        if self.pipeline is not None:
+            self.pipeline.resume()
+
+    def halt(self, timeout: float) -> bool:
+        """Stop the pipeline; whether it stopped within ``timeout`` seconds."""
+        self.stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        return not self.alive
+
+    def readiness(self) -> tuple[bool, str | None]:
+        """Whether the pipeline is connected and working, and if not, why."""
+        state = self.state
+        if state in _READY_STATES:
+            return True, None
+        if state == "failed":
+            return False, f"failed: {redact(str(self.error))}"
+        if state == "starting":
+            return False, "starting: connecting and checking the source and the target"
+        return False, state
+
+    def view(self) -> dict[str, Any]:
+        """The pipeline as the API serves it."""
+        p = self.pipeline
+        errors = [e.as_dict() for e in errorlog.recent(self.name)]
+        counters = p.counters if p is not None else None
+        durable = p.durable_position if p is not None else None
+        return {
+            "name": self.name,
+            "state": self.state,
+            "source_type": self.config.source.type,
+            "sink_type": self.config.sink.type,
+            "position": str(durable) if durable is not None else None,
+            "lag_seconds": round(p.lag_seconds(), 3) if p is not None else None,
+            "source_lag_bytes": self.side.get("lag_bytes"),
+            "retained_bytes": self.side.get("retained_wal_bytes"),
+            "consumer_lag_messages": self.side.get("lag_messages"),
+            "events_per_second": round(p.events_per_second(), 1) if p is not None else 0.0,
+            "counters": {
+                "transactions": counters.transactions if counters else 0,
+                "events": counters.events if counters else 0,
+                "inserted": counters.inserted if counters else 0,
+                "updated": counters.updated if counters else 0,
+                "deleted": counters.deleted if counters else 0,
+                "truncated": counters.truncated if counters else 0,
+            },
+            "last_error": errors[-1] if errors else None,
+            "errors": errors[-5:],
+            "snapshot": self.snapshot,
+            "started_at": _iso(p.started_at) if p is not None else None,
+            "paused_at": _iso(p.paused_at) if p is not None else None,
+            "pause_requested": p.pause_requested if p is not None else self._pause_early,
+        }
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+@dataclass
+class ReloadResult:
+    """What a reload changed, pipeline by pipeline."""
+
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    restarted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape the API serves."""
+        return {
+            "added": self.added,
+            "removed": self.removed,
+            "restarted": self.restarted,
+            "unchanged": self.unchanged,
+            "failed": self.failed,
+            "notes": self.notes,
+        }
+
+
+class Supervisor:
+    """Runs the configured pipelines; thread-safe for the API's requests."""
+
+    def __init__(
+        self, config: Config, path: Path, only: list[str] | None, *, isolate_failures: bool
+    ) -> None:
+        self.config = config
+        self._path = path
+        self._only = set(only) if only else None
+        self._isolate = isolate_failures
+        self._lock = threading.RLock()
+        self._runners: dict[str, Runner] = {}
+        self.stopping = threading.Event()
+        self._log = get_logger()
+        self._probes: dict[str, _Probe] = {}
+        self._retired: list[_Probe] = []  # closed by the poller, the only thread using them
+        self._poller = threading.Thread(target=self._poll, name="status-poller", daemon=True)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every chosen pipeline and the status poller."""
+        with self._lock:
+            for p in self._chosen(self.config):
+                self._start(p)
+        self._poller.start()
+
+    def _chosen(self, config: Config) -> list[PipelineConfig]:
+        if self._only is None:
+            return list(config.pipelines)
+        return [p for p in config.pipelines if p.name in self._only]
+
+    def _start(self, config: PipelineConfig) -> None:
+        runner = Runner(config, self._exited)
+        self._runners[config.name] = runner
+        runner.start()
+
+    def _exited(self, runner: Runner) -> None:
+        if runner.error is not None and not self._isolate and not self.stopping.is_set():
+            self._log.error("pipeline failed: stopping the others", pipeline=runner.name)
+            self.shutdown_async()
+
+    def shutdown_async(self) -> None:
+        """Ask every pipeline to stop (they finish their batch and checkpoint)."""
+        self.stopping.set()
+        with self._lock:
+            for runner in self._runners.values():
+                runner.stop.set()
+
+    def running(self) -> bool:
+        """Whether the process should keep going: some pipeline runs, or the API serves."""
+        if self.stopping.is_set():
+            return any(r.alive for r in self._runners.values())
+        return self._isolate or any(r.alive for r in self._runners.values())
+
+    def join(self, timeout: float = STOP_TIMEOUT) -> None:
+        """Wait for every pipeline's thread to end, then close the poller's connections."""
+        deadline = time.monotonic() + timeout
+        for runner in list(self._runners.values()):
+            runner.halt(max(0.0, deadline - time.monotonic()))
+        self._poller.join(timeout=10)
+        for probe in [*self._probes.values(), *self._retired]:
+            probe.close()
+
+    def failures(self) -> list[tuple[str, BaseException]]:
+        """Each failed pipeline with its error, in config order."""
+        return [(r.name, r.error) for r in self._runners.values() if r.error is not None]
+
+    # --- operator requests -------------------------------------------------------------------
+
+    def runner(self, name: str) -> Runner:
+        """The pipeline called ``name``, or NoSuchPipeline."""
+        runner = self._runners.get(name)
+        if runner is None:
+            known = ", ".join(self._runners) or "none"
+            raise NoSuchPipeline(f"no pipeline named {name!r} runs here (running: {known})")
+        return runner
+
+    def runners(self) -> list[Runner]:
+        """Every pipeline, in config order."""
+        with self._lock:
+            return list(self._runners.values())
+
+    def pause(self, name: str) -> Runner:
+        """Pause a pipeline at its next transaction boundary."""
+        runner = self.runner(name)
+        if runner.state in ("failed", "stopped", "stopping"):
+            raise Conflict(
+                f"pipeline {name} is {runner.state}; only a running pipeline can be paused",
+                fix=f"restart it first: POST /pipelines/{name}/restart",
+            )
+        runner.pause()
+        self._log.info("pause requested", pipeline=name)
+        return runner
+
+    def resume(self, name: str) -> Runner:
+        """Resume a paused pipeline."""
+        runner = self.runner(name)
+        if runner.state in ("failed", "stopped"):
+            raise Conflict(
+                f"pipeline {name} is {runner.state}, not paused",
+                fix=f"restart it from its checkpoint: POST /pipelines/{name}/restart",
+            )
+        runner.resume()
+        self._log.info("resume requested", pipeline=name)
+        return runner
+
+    def restart(self, name: str) -> Runner:
+        """Stop a pipeline (if it runs) and start it again from its checkpoint."""
+        with self._lock:
+            old = self.runner(name)
+            if not old.halt(STOP_TIMEOUT):
+                raise Conflict(
+                    f"pipeline {name} did not stop within {STOP_TIMEOUT:.0f} s",
+                    fix="retry when its batch is done, or restart the process",
+                )
+            self._drop_probe(name)
+            self._start(old.config)
+            self._log.info("pipeline restarted", pipeline=name)
+            return self._runners[name]
+
+    def reload(self) -> ReloadResult:
+        """Re-read the config file; start added pipelines, stop removed ones, restart changed
+        and failed ones. An invalid file raises ConfigError and changes nothing."""
+        with self._lock:
+            try:
+                new = load_config(self._path)
+            except ConfigError:
+                RELOADS.labels("rejected").inc()
+                raise
+            result = ReloadResult()
+            wanted = {p.name: p for p in self._chosen(new)}
+            for name in [n for n in self._runners if n not in wanted]:
+                runner = self._runners[name]
+                if runner.halt(STOP_TIMEOUT):
+                    del self._runners[name]
+                    self._drop_probe(name)
+                    runner_metrics = runner.pipeline.metrics if runner.pipeline else None
+                    if runner_metrics is not None:
+                        runner_metrics.forget()
+                    errorlog.forget(name)
+                    result.removed.append(name)
+                else:
+                    result.failed[name] = f"did not stop within {STOP_TIMEOUT:.0f} s"
+            for name, p in wanted.items():
+                current = self._runners.get(name)
+                if current is None:
+                    self._start(p)
+                    result.added.append(name)
+                elif current.config != p or current.error is not None:
+                    if current.halt(STOP_TIMEOUT):
+                        self._drop_probe(name)
+                        self._start(p)
+                        result.restarted.append(name)
+                    else:
+                        result.failed[name] = f"did not stop within {STOP_TIMEOUT:.0f} s"
+                else:
+                    result.unchanged.append(name)
+            if new.api != self.config.api:
+                result.notes.append("api settings take effect when the process restarts")
+            if (new.logging.level, new.logging.format) != (
+                self.config.logging.level,
+                self.config.logging.format,
+            ):
+                result.notes.append("log level and format take effect when the process restarts")
+            configure_redaction(new.logging.redact_columns)
+            tracing.configure_tracing(new.observability)
+            self.config = new
+            RELOADS.labels("applied").inc()
+            self._log.info("configuration reloaded", **{k: v for k, v in result.as_dict().items()})
+            return result
+
+    def ready(self) -> tuple[bool, dict[str, dict[str, Any]]]:
+        """Whether every pipeline is connected and not failed, with each one's reason."""
+        report: dict[str, dict[str, Any]] = {}
+        for runner in self.runners():
+            ok, reason = runner.readiness()
+            report[runner.name] = {"ready": ok, "state": runner.state, "reason": reason}
+        ready = bool(report) and all(r["ready"] for r in report.values())
+        return ready and not self.stopping.is_set(), report
+
+    # --- the status poller -------------------------------------------------------------------
+
+    def _drop_probe(self, name: str) -> None:
+        probe = self._probes.pop(name, None)
+        if probe is not None:
+            probe.retire()
+            self._retired.append(probe)
+
+    def _poll(self) -> None:
+        while not self.stopping.wait(POLL_INTERVAL):
+            while self._retired:
+                self._retired.pop().close()
+            for runner in self.runners():
+                if runner.pipeline is None or runner.state in ("failed", "stopped"):
+                    continue
+                found = self._probes.get(runner.name)
+                if found is None or found.config is not runner.config:
+                    found = self._probes[runner.name] = _Probe(runner.config)
+                found.measure(runner)
+
+
+class _Probe:
+    """The poller's own connections for one pipeline."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self._source: Source | None = None
+        self._store: CheckpointStore | None = None
+        self._retired = False
+        self._warned = 0.0
+        self._log = get_logger(pipeline=config.name)
+
+    def measure(self, runner: Runner) -> None:
+        """Measure the source side and snapshot progress; publish to the runner and metrics."""
+        name = self.config.name
+        try:
+            if self._source is None:
+                self._source = make_source(self.config)
+                self._store = make_checkpoint_store(self.config)
+            assert self._store is not None
+            pipeline = runner.pipeline
+            position = pipeline.durable_position if pipeline is not None else None
+            side = self._source.status(position)
+            tables = [table_progress(t) for t in self._store.snapshot_tables(name)]
+        except Exception as exc:  # noqa: BLE001 - measuring must never stop a pipeline
+            self.close()
+            now = time.monotonic()
+            if now - self._warned >= 60:
+                self._warned = now
+                self._log.warning("could not measure the source's lag", error=redact(str(exc)))
+            return
+        if self._retired:
+            return
+        runner.side = side
+        runner.snapshot = tables
+        for key, gauge in (
+            ("lag_bytes", SOURCE_LAG_BYTES),
+            ("retained_wal_bytes", SOURCE_RETAINED_BYTES),
+            ("lag_messages", CONSUMER_LAG),
+        ):
+            if isinstance(side.get(key), int):
+                gauge.labels(name).set(side[key])
+        for table in tables:
+            copied, estimate = table["rows_copied"], table["rows_estimated"]
+            SNAPSHOT_COPIED.labels(name, table["table"]).set(copied)
+            if table["state"] == "done":
+                SNAPSHOT_REMAINING.labels(name, table["table"]).set(0)
+            elif estimate is not None:
+                SNAPSHOT_REMAINING.labels(name, table["table"]).set(max(0, estimate - copied))
+
+    def retire(self) -> None:
+        """The pipeline was stopped or replaced: publish nothing more (the poller closes it)."""
+        self._retired = True
+
+    def close(self) -> None:
+        """Close the probe's connections (reopened on the next measurement)."""
+        source, store = self._source, self._store
+        self._source = self._store = None
+        for closable in (source, store):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001, S110 - closing a probe is best effort
+                    pass
