@@ -508,8 +508,9 @@ class Pipeline:
     def lag_seconds(self) -> float:
         """End-to-end lag: the age of the oldest change read but not committed to the target,
         else that of the last change committed (0 once a keepalive showed it caught up)."""
-        if self._pending:
-            ts = self._pending[0].commit_ts
+        pending = self._pending  # read once: other threads ask, the engine replaces the list
+        if pending:
+            ts = pending[0].commit_ts
             if ts is not None:
                 return max(0.0, time.time() - ts.timestamp())
         return self._applied_lag

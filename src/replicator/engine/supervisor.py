@@ -273,9 +273,12 @@ class Supervisor:
         return runner
 
     def runners(self) -> list[Runner]:
-        """Every pipeline, in config order."""
-        with self._lock:
-            return list(self._runners.values())
+        """Every pipeline, in config order.
+
+        Without the lock, on purpose: a reload or restart holds it while pipelines finish
+        their batches, and health probes must not wait for that (copying a dict's values is
+        atomic in CPython)."""
+        return list(self._runners.values())
 
     def pause(self, name: str) -> Runner:
         """Pause a pipeline at its next transaction boundary."""
