@@ -15,7 +15,9 @@ oldest change has waited ``max_age_ms`` (so a busy one still commits regularly).
 A pause takes effect at the next transaction boundary: what is complete is committed, then
 nothing is applied or acknowledged until resumed. The source's reader stops reading once its
 queue is full but keeps its connection alive (PostgreSQL status updates with the last durable
-position, Kafka polls with fetching paused), so a pause can outlast the server's timeouts.
+position, Kafka polls with fetching paused), so a pause can outlast the server's timeouts. A
+MySQL server waits on the binlog connection for its session ``net_write_timeout`` (set to an
+hour); a longer pause costs one reconnect on resume, from the interrupted transaction.
 """
 
 from __future__ import annotations
