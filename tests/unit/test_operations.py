@@ -267,3 +267,45 @@ def test_a_busy_port_is_a_config_error(tmp_path: Path):
             ManagementApi(taken, Supervisor(config, path, None, isolate_failures=True))
     finally:
         first.stop()
+
+
+def _raw(address: str, request: bytes) -> bytes:
+    """Send raw bytes on one connection; everything answered until the server closes it."""
+    import socket
+
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_request_bodies_are_never_read_as_requests(tmp_path: Path):
+    """A body the API does not take is drained or the connection closed: it can never be
+    parsed as a second request (request smuggling behind a proxy); a bad length is a 400."""
+    path = _config(tmp_path, "api: {listen: '127.0.0.1:0'}")
+    config = load_config(path)
+    assert config.api is not None
+    api = ManagementApi(config.api, Supervisor(config, path, None, isolate_failures=True))
+    api.start()
+    try:
+        inner = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        for method in (b"PUT", b"POST", b"DELETE"):
+            smuggled = _raw(
+                api.address,
+                method + b" /config/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner,
+            )
+            assert smuggled.count(b"HTTP/1.") == 1, smuggled
+            assert b'"alive"' not in smuggled
+        bad = _raw(
+            api.address, b"POST /config/reload HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+        )
+        assert bad.startswith(b"HTTP/1.1 400") and b"Content-Length" in bad
+        options = _raw(api.address, b"OPTIONS /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert options.startswith(b"HTTP/1.1 405") and b"application/json" in options
+    finally:
+        api.stop()

@@ -19,8 +19,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
 from replicator.config import ApiConfig
 from replicator.engine.supervisor import Conflict, NoSuchPipeline, Supervisor
 from replicator.errors import ConfigError, ReplicatorError
@@ -29,6 +27,9 @@ from replicator.observability.metrics import render
 from replicator.observability.redaction import redact
 
 _MAX_BODY = 64 * 1024
+# The text format render() writes. Not prometheus_client's CONTENT_TYPE_LATEST: since 0.22 that
+# says version=1.0.0, a format whose escaping is negotiated through the Accept header.
+_METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
@@ -38,6 +39,9 @@ _STATIC_TYPES = {
 }
 _PIPELINE_ACTION = re.compile(r"^/pipelines/([^/]+)/(pause|resume|restart)$")
 _PIPELINE = re.compile(r"^/pipelines/([^/]+)$")
+_GET_ROUTES = frozenset(
+    {"/health/live", "/health/ready", "/metrics", "/pipelines", "/openapi.json", "/", "/index.html"}
+)
 # The page's own script and style only: messages shown on it can hold anything.
 _CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 
@@ -45,9 +49,18 @@ _CSP = "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"
 class ApiError(Exception):
     """A request answered with an error status and a JSON body."""
 
-    def __init__(self, status: HTTPStatus, error: str, fix: str | None = None, **extra: Any):
+    def __init__(
+        self,
+        status: HTTPStatus,
+        error: str,
+        fix: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ):
         super().__init__(error)
         self.status = status
+        self.headers = headers or {}
         self.body: dict[str, Any] = {"error": redact(error), **extra}
         if fix:
             self.body["fix"] = redact(fix)
@@ -110,7 +123,7 @@ class ManagementApi:
             status = HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE
             return status, {"ready": ready, "pipelines": pipelines}
         if path == "/metrics":
-            return HTTPStatus.OK, render(), CONTENT_TYPE_LATEST
+            return HTTPStatus.OK, render(), _METRICS_TYPE
         if path == "/pipelines":
             return HTTPStatus.OK, {"pipelines": [r.view() for r in sup.runners()]}
         match = _PIPELINE.match(path)
@@ -123,13 +136,12 @@ class ManagementApi:
             return self._static_file("index.html")
         if path.startswith("/static/"):
             return self._static_file(path.removeprefix("/static/"))
-        raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint: GET {path}", _SEE_SPEC)
+        raise _no_route("GET", path)
 
     def post(self, path: str, authorization: str | None) -> Response:
         """Answer a POST (every one of them changes something: the token is required)."""
-        known = path == "/config/reload" or _PIPELINE_ACTION.match(path)
-        if not known:
-            raise ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint: POST {path}", _SEE_SPEC)
+        if _allowed_methods(path) != "POST":
+            raise _no_route("POST", path)
         self._authorize(authorization)
         sup = self._supervisor
         if path == "/config/reload":
@@ -202,6 +214,29 @@ class ManagementApi:
 _SEE_SPEC = "see GET /openapi.json for the endpoints"
 
 
+def _allowed_methods(path: str) -> str | None:
+    """The methods ``path`` is served for, as a 405's Allow header says them; None when no
+    route matches it."""
+    if path == "/config/reload" or _PIPELINE_ACTION.match(path):
+        return "POST"
+    if path in _GET_ROUTES or _PIPELINE.match(path) or path.startswith("/static/"):
+        return "GET, HEAD"
+    return None
+
+
+def _no_route(method: str, path: str) -> ApiError:
+    """405 naming the methods when the path is served for others, else 404."""
+    allowed = _allowed_methods(path)
+    if allowed is None:
+        return ApiError(HTTPStatus.NOT_FOUND, f"no such endpoint: {method} {path}", _SEE_SPEC)
+    return ApiError(
+        HTTPStatus.METHOD_NOT_ALLOWED,
+        f"{method} is not supported on {path}",
+        f"use {allowed}; {_SEE_SPEC}",
+        headers={"Allow": allowed},
+    )
+
+
 def _problems(exc: ConfigError) -> list[str]:
     """The config error as a list: one entry per problem."""
     text = exc.message
@@ -226,29 +261,61 @@ def _handler(api: ManagementApi) -> type[BaseHTTPRequestHandler]:
             self._answer(lambda path: api.get(path), head=True)
 
         def do_POST(self) -> None:  # noqa: N802
-            length = int(self.headers.get("Content-Length") or 0)
+            if self._drop_body():
+                self._answer(lambda path: api.post(path, self.headers.get("Authorization")))
+
+        def _drop_body(self) -> bool:
+            """Read and drop the request's body (no endpoint takes one); False when it was
+            refused, with an answer sent."""
+            # Bytes of a body left unread would be parsed as the next request on this
+            # connection: whatever is not read exactly ends the connection after the answer.
+            raw = (self.headers.get("Content-Length") or "0").strip()
+            if self.headers.get("Transfer-Encoding"):
+                self.close_connection = True
+            if not raw.isdigit():
+                self.close_connection = True
+                self._send(HTTPStatus.BAD_REQUEST, {"error": "Content-Length is not a length"})
+                return False
+            length = int(raw)
             if length > _MAX_BODY:
+                self.close_connection = True
                 self._send(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
-                return
+                return False
             if length:
-                self.rfile.read(length)  # no endpoint takes a body; drain it
-            self._answer(lambda path: api.post(path, self.headers.get("Authorization")))
+                self.rfile.read(length)
+            return True
 
         def _method_not_allowed(self) -> None:
-            self._send(
-                HTTPStatus.METHOD_NOT_ALLOWED,
-                {"error": f"{self.command} is not supported", "fix": _SEE_SPEC},
-                extra={"Allow": "GET, HEAD, POST"},
-            )
+            if not self._drop_body():
+                return
+            path = self.path.split("?", 1)[0]
+            error = _no_route(self.command, path)
+            self._send(error.status, error.body, extra=error.headers)
 
+        # Known methods no route takes; http.server answers any other 501, through send_error.
         do_PUT = do_DELETE = do_PATCH = _method_not_allowed  # noqa: N815
+        do_OPTIONS = do_TRACE = do_QUERY = do_CONNECT = _method_not_allowed  # noqa: N815
+
+        def send_error(
+            self, code: int, message: str | None = None, explain: str | None = None
+        ) -> None:
+            # http.server's own refusals (an unknown method, a malformed request line, headers
+            # too long) answer in JSON like the API's errors, not with its HTML page.
+            self.close_connection = True
+            status = HTTPStatus(code)
+            self._send(
+                status,
+                {"error": redact(message or status.phrase)},
+                extra={"Connection": "close"},
+                head=getattr(self, "command", None) == "HEAD",
+            )
 
         def _answer(self, route: Callable[[str], Any], head: bool = False) -> None:
             path = self.path.split("?", 1)[0]
             try:
                 result = route(path)
             except ApiError as exc:
-                extra = {}
+                extra = dict(exc.headers)
                 if exc.status is HTTPStatus.UNAUTHORIZED:
                     extra["WWW-Authenticate"] = 'Bearer realm="replicator"'
                 self._send(exc.status, exc.body, extra=extra, head=head)
