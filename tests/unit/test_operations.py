@@ -293,7 +293,7 @@ def test_request_bodies_are_never_read_as_requests(tmp_path: Path):
     api.start()
     try:
         inner = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
-        for method in (b"PUT", b"POST", b"DELETE"):
+        for method in (b"PUT", b"POST", b"DELETE", b"GET"):
             smuggled = _raw(
                 api.address,
                 method + b" /config/reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"

@@ -255,10 +255,12 @@ def _handler(api: ManagementApi) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._answer(lambda path: api.get(path))
+            if self._drop_body():
+                self._answer(lambda path: api.get(path))
 
         def do_HEAD(self) -> None:  # noqa: N802
-            self._answer(lambda path: api.get(path), head=True)
+            if self._drop_body():
+                self._answer(lambda path: api.get(path), head=True)
 
         def do_POST(self) -> None:  # noqa: N802
             if self._drop_body():
