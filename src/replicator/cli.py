@@ -248,7 +248,9 @@ def status(
 def _live_status(client: ApiClient, names: set[str], as_json: bool) -> None:
     views = [v for v in client.get("/pipelines")["pipelines"] if v["name"] in names]
     if as_json:
-        typer.echo(json.dumps(views, indent=2))
+        # "pipeline" and "phase" as in the offline report, so scripts read either the same way.
+        both = [{"pipeline": v["name"], "phase": v["state"], **v} for v in views]
+        typer.echo(json.dumps(both, indent=2))
         return
     typer.echo(f"live, from the instance at {client.address}:")
     shown = ("position", "lag_seconds", "source_lag_bytes", "retained_bytes")

@@ -361,6 +361,8 @@ def test_token_from_env_or_file(source_dsn, target_dsn, tmp_path, setting, start
     assert status.returncode == 0, status.stderr
     assert "pipeline cli: paused" in status.stdout
     assert f"127.0.0.1:{port}" in status.stdout
+    as_json = run_cli("status", "-c", str(config), "--json", env=env)
+    assert json.loads(as_json.stdout)[0]["phase"] == "paused"
     resumed = run_cli("resume", "-c", str(config), "-p", "cli", env=env)
     assert resumed.returncode == 0, resumed.stderr
     instance.wait_state("cli", "streaming")

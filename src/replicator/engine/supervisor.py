@@ -239,9 +239,10 @@ class Supervisor:
     def shutdown_async(self) -> None:
         """Ask every pipeline to stop (they finish their batch and checkpoint)."""
         self.stopping.set()
-        with self._lock:
-            for runner in self._runners.values():
-                runner.stop.set()
+        # No lock: a signal handler or a failing pipeline's thread calls this, and a reload
+        # holding the lock may be waiting for that very thread.
+        for runner in list(self._runners.values()):
+            runner.stop.set()
 
     def running(self) -> bool:
         """Whether the process should keep going: some pipeline runs, or the API serves."""
