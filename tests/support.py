@@ -8,7 +8,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,19 @@ class RunningPipeline:
         assert not self.thread.is_alive(), "pipeline is still running"
         assert self.error is not None, "pipeline stopped without an error"
         return self.error
+
+
+@contextmanager
+def in_process(config: PipelineConfig) -> Iterator[RunningPipeline]:
+    """Run the pipeline in this process; stop it (raising its error) at the end."""
+    pipeline = RunningPipeline(config)
+    try:
+        yield pipeline
+    except BaseException:
+        pipeline.stop_event.set()  # the test's failure is the one to report
+        pipeline.thread.join(60)
+        raise
+    pipeline.stop(60)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:

@@ -350,7 +350,7 @@ def _human(value: Any) -> str:
     return str(value)
 
 
-def _client(config: Path) -> tuple[ApiClient, Config]:
+def _client(config: Path) -> ApiClient:
     cfg = load_config(config)
     if cfg.api is None:
         raise ConfigError(
@@ -359,13 +359,13 @@ def _client(config: Path) -> tuple[ApiClient, Config]:
             fix="add api: {listen: 127.0.0.1:8080, token_env: REPLICATOR_API_TOKEN} and "
             "restart replicator run",
         )
-    return ApiClient(cfg.api), cfg
+    return ApiClient(cfg.api)
 
 
 def _act(config: Path, pipelines: list[str] | None, action: str) -> None:
     with _user_errors():
         configure_logging("warning", "console")
-        client, cfg = _client(config)
+        client = _client(config)
         names = pipelines or [v["name"] for v in client.get("/pipelines")["pipelines"]]
         for name in names:
             reply = client.post(f"/pipelines/{quote(name, safe='')}/{action}")
@@ -393,7 +393,7 @@ def reload(config: ConfigOption) -> None:
     is refused with its problems and the running config stays."""
     with _user_errors():
         configure_logging("warning", "console")
-        client, _ = _client(config)
+        client = _client(config)
         result = client.post("/config/reload")
         for key in ("added", "removed", "restarted", "unchanged"):
             if result[key]:

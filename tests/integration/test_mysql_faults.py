@@ -7,7 +7,6 @@ import secrets
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -25,6 +24,7 @@ from tests.mysql_helpers import (
 from tests.mysql_workload import Workload, table_names, table_patterns
 from tests.support import (
     RunningPipeline,
+    in_process,
     reap,
     run_cli,
     snapshot_done,
@@ -59,19 +59,6 @@ def faulty_database(
     faulty_server.start()
     faulty_server.drop_database(name)
     faulty_server.drop_database(name + "_x")
-
-
-@contextmanager
-def running(config: Any) -> Iterator[RunningPipeline]:
-    """Run the pipeline in this process; stop it (raising its error) at the end."""
-    pipeline = RunningPipeline(config)
-    try:
-        yield pipeline
-    except BaseException:
-        pipeline.stop_event.set()  # the test's failure is the one to report
-        pipeline.thread.join(60)
-        raise
-    pipeline.stop(60)
 
 
 def prepared_workload(dsn: str, seed: int, warmup: int = 100) -> Workload:
@@ -130,7 +117,7 @@ def test_a_killed_and_restarted_server_is_ridden_out(
     config = mysql_pipeline_config(
         "crashsrc", db.dsn, target_dsn, table_patterns(db.dsn), position, discover_interval_s=1
     )
-    with capture_logs() as logs, running(config) as pipeline:
+    with capture_logs() as logs, in_process(config) as pipeline:
         wait_snapshot(pipeline, target_dsn, len(tables))
         workload.start()
         try:
@@ -159,7 +146,7 @@ def test_a_source_outage_spanning_a_table_discovery_is_ridden_out(
     config = mysql_pipeline_config(
         "outage", db.dsn, target_dsn, [f"{db.name}.*"], discover_interval_s=1
     )
-    with running(config) as pipeline:
+    with in_process(config) as pipeline:
         wait_snapshot(pipeline, target_dsn, 1)
         db.execute("INSERT INTO t VALUES (1)")
         wait_caught_up(db.server, target_dsn, "outage")
@@ -191,7 +178,7 @@ def test_binlog_rotation_while_streaming_is_exact(
     tables = table_names(db.dsn)
     config = mysql_pipeline_config("rotate", db.dsn, target_dsn, table_patterns(db.dsn), position)
     try:
-        with running(config) as pipeline:
+        with in_process(config) as pipeline:
             wait_snapshot(pipeline, target_dsn, len(tables))
             first = db.server.master_status()[0]
             workload.start()
@@ -224,7 +211,7 @@ def test_a_cut_inside_a_transaction_resumes_without_gaps_or_repeats(
     with TcpProxy("127.0.0.1", db.server.port) as proxy:
         dsn = db.dsn.replace(f":{db.server.port}/", f":{proxy.port}/")
         config = mysql_pipeline_config("cut", dsn, target_dsn, [f"{db.name}.*"], position)
-        with capture_logs() as logs, running(config) as pipeline:
+        with capture_logs() as logs, in_process(config) as pipeline:
             wait_snapshot(pipeline, target_dsn, 2)
             db.execute("INSERT INTO tally VALUES (1, 0)")  # the tables' TABLE_MAPs are known
             db.execute("INSERT INTO log VALUES (0, 'warm-up', '')")
@@ -267,7 +254,7 @@ def test_a_killed_dump_connection_is_reconnected(
     dsn = db.server.dsn(user, password, db.name)
     config = mysql_pipeline_config("killed", dsn, target_dsn, table_patterns(db.dsn), position)
     try:
-        with capture_logs() as logs, running(config) as pipeline:
+        with capture_logs() as logs, in_process(config) as pipeline:
             wait_snapshot(pipeline, target_dsn, len(tables))
             workload.start()
             try:

@@ -6,16 +6,14 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import pytest
 from structlog.testing import capture_logs
 
-from replicator.config import PipelineConfig
 from tests.mariadb import MariaDbFactory, MariaDbServer, MysqlDatabase
 from tests.mysql_compare import assert_same_tables
 from tests.mysql_helpers import checkpoint, checkpoint_order, mysql_pipeline_config, source_order
-from tests.support import RunningPipeline, snapshot_done, table_rows, wait_for
+from tests.support import RunningPipeline, in_process, snapshot_done, table_rows, wait_for
 
 WRITE_TIMEOUT_S = 2
 TRANSACTIONS = 3
@@ -58,19 +56,6 @@ def impatient_database(impatient_server: MariaDbServer) -> Iterator[MysqlDatabas
     impatient_server.drop_database(name)
 
 
-@contextmanager
-def run_in_process(config: PipelineConfig) -> Iterator[RunningPipeline]:
-    """Run the pipeline in this process; stop it (raising its error) at the end."""
-    pipeline = RunningPipeline(config)
-    try:
-        yield pipeline
-    except BaseException:
-        pipeline.stop_event.set()  # the test's failure is the one to report
-        pipeline.thread.join(60)
-        raise
-    pipeline.stop(60)
-
-
 def wait_running(pipeline: RunningPipeline, done: Callable[[], bool], what: str) -> None:
     """Wait (generously) until ``done()``, or raise the pipeline's error."""
     wait_for(lambda: pipeline.error is not None or done(), 180, what)
@@ -109,7 +94,7 @@ def test_a_pause_outlasts_net_write_timeout_behind_a_full_queue(
     db.execute("CREATE TABLE items (id INT PRIMARY KEY, n INT NOT NULL, pad VARCHAR(255))")
     db.execute(f"INSERT INTO items SELECT seq, 0, REPEAT('s', {PAD}) FROM seq_1_to_1000")
     config = mysql_pipeline_config("paused", db.dsn, target_dsn, [f"{db.name}.*"])
-    with capture_logs() as logs, run_in_process(config) as running:
+    with capture_logs() as logs, in_process(config) as running:
         wait_running(running, lambda: snapshot_done(target_dsn, "paused", 1), "the snapshot")
         running.pipeline.pause()
         wait_running(running, lambda: running.pipeline.state == "paused", "the pause")

@@ -4,8 +4,11 @@ columns, the throughput window, the error log, and the API's answers on a real s
 from __future__ import annotations
 
 import json
+import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -241,38 +244,40 @@ def test_api_answers_match_the_openapi_spec(tmp_path: Path, monkeypatch: pytest.
     assert set(spec["paths"]) == served
 
 
-def test_mutating_endpoints_are_refused_without_a_configured_token(tmp_path: Path):
+@contextmanager
+def _idle_api(tmp_path: Path, *, serving: bool = True) -> Iterator[ManagementApi]:
+    """The API on a free port, with no token and pipelines never started."""
     path = _config(tmp_path, "api: {listen: '127.0.0.1:0'}")
     config = load_config(path)
     assert config.api is not None
     api = ManagementApi(config.api, Supervisor(config, path, None, isolate_failures=True))
-    api.start()
+    if serving:
+        api.start()
     try:
-        status, body = _call(
-            f"http://{api.address}", "/config/reload", "POST", "anything-at-all-123"
-        )
-        assert status == 403 and "no API token is configured" in body["error"]
+        yield api
     finally:
         api.stop()
 
 
+def test_mutating_endpoints_are_refused_without_a_configured_token(tmp_path: Path):
+    with _idle_api(tmp_path) as api:
+        status, body = _call(
+            f"http://{api.address}", "/config/reload", "POST", "anything-at-all-123"
+        )
+        assert status == 403 and "no API token is configured" in body["error"]
+
+
 def test_a_busy_port_is_a_config_error(tmp_path: Path):
-    path = _config(tmp_path, "api: {listen: '127.0.0.1:0'}")
-    config = load_config(path)
-    assert config.api is not None
-    first = ManagementApi(config.api, Supervisor(config, path, None, isolate_failures=True))
-    try:
+    with _idle_api(tmp_path, serving=False) as first:
         taken = ApiConfig(listen=first.address)
+        config = load_config(tmp_path / "replicator.yaml")
         with pytest.raises(ConfigError, match="cannot listen on"):
+            path = tmp_path / "replicator.yaml"
             ManagementApi(taken, Supervisor(config, path, None, isolate_failures=True))
-    finally:
-        first.stop()
 
 
 def _raw(address: str, request: bytes) -> bytes:
     """Send raw bytes on one connection; everything answered until the server closes it."""
-    import socket
-
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(request)
@@ -286,12 +291,7 @@ def _raw(address: str, request: bytes) -> bytes:
 def test_request_bodies_are_never_read_as_requests(tmp_path: Path):
     """A body the API does not take is drained or the connection closed: it can never be
     parsed as a second request (request smuggling behind a proxy); a bad length is a 400."""
-    path = _config(tmp_path, "api: {listen: '127.0.0.1:0'}")
-    config = load_config(path)
-    assert config.api is not None
-    api = ManagementApi(config.api, Supervisor(config, path, None, isolate_failures=True))
-    api.start()
-    try:
+    with _idle_api(tmp_path) as api:
         inner = b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n"
         for method in (b"PUT", b"POST", b"DELETE", b"GET"):
             smuggled = _raw(
@@ -307,5 +307,3 @@ def test_request_bodies_are_never_read_as_requests(tmp_path: Path):
         assert bad.startswith(b"HTTP/1.1 400") and b"Content-Length" in bad
         options = _raw(api.address, b"OPTIONS /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         assert options.startswith(b"HTTP/1.1 405") and b"application/json" in options
-    finally:
-        api.stop()

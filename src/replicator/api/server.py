@@ -172,7 +172,7 @@ class ManagementApi:
         return HTTPStatus.OK, {
             "pipeline": name,
             "state": runner.state,
-            "pause_requested": runner.view()["pause_requested"],
+            "pause_requested": runner.pause_requested,
         }
 
     def _runner(self, name: str) -> Any:

@@ -115,6 +115,12 @@ class Runner:
         if self.pipeline is not None:
             self.pipeline.resume()
 
+    @property
+    def pause_requested(self) -> bool:
+        """Whether a pause was asked for and not undone (it may not have taken effect yet)."""
+        p = self.pipeline
+        return p.pause_requested if p is not None else self._pause_early
+
     def halt(self, timeout: float) -> bool:
         """Stop the pipeline; whether it stopped within ``timeout`` seconds."""
         self.stop.set()
@@ -163,7 +169,7 @@ class Runner:
             "snapshot": self.snapshot,
             "started_at": _iso(p.started_at) if p is not None else None,
             "paused_at": _iso(p.paused_at) if p is not None else None,
-            "pause_requested": p.pause_requested if p is not None else self._pause_early,
+            "pause_requested": self.pause_requested,
         }
 
 
