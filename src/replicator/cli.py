@@ -7,6 +7,7 @@ User errors print ``Error: <what> / Fix: <how>`` on stderr, never a traceback.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 import typer
 
+from replicator import failpoints
 from replicator.api.client import ApiClient
 from replicator.api.server import ManagementApi
 from replicator.config import Config, PipelineConfig, load_config
@@ -124,6 +126,7 @@ def run(
             )
         configure_logging(level, fmt)
         log = get_logger()
+        failpoints.configure(os.environ.get(failpoints.ENV))
         configure_redaction(cfg.logging.redact_columns)
         tracing.configure_tracing(cfg.observability)
         supervisor = Supervisor(cfg, config, pipeline, isolate_failures=cfg.api is not None)
@@ -136,9 +139,16 @@ def run(
 
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if supervisor.stopping.is_set():
-                log.warning("second stop signal: exiting now; the next run resumes safely")
-                os._exit(1)
-            log.info("stopping: finishing the current batch", signal=signal.Signals(signum).name)
+                log.warning(
+                    "second stop signal: exiting now, without waiting for the batch; the next "
+                    "run resumes from the last checkpoint"
+                )
+                _exit_now(1)
+            log.info(
+                "stopping: finishing the current batch",
+                signal=signal.Signals(signum).name,
+                timeout_s=cfg.shutdown_timeout_s,
+            )
             supervisor.shutdown_async()
 
         def on_hangup(signum: int, frame: FrameType | None) -> None:
@@ -157,7 +167,17 @@ def run(
                     _reload(supervisor, log)
         finally:
             supervisor.shutdown_async()
-            supervisor.join()
+            stuck = supervisor.join(cfg.shutdown_timeout_s)
+            if stuck:
+                # Exiting with a batch open is a crash the checkpoint protocol is made for:
+                # nothing uncommitted was acknowledged, and the next run resumes exactly.
+                log.error(
+                    "pipelines did not stop within shutdown_timeout_s; exiting without them "
+                    "(the next run resumes from the last checkpoint)",
+                    pipelines=", ".join(stuck),
+                    timeout_s=cfg.shutdown_timeout_s,
+                )
+                _exit_now(1)
             if api is not None:
                 api.stop()
             tracing.shutdown_tracing()
@@ -169,6 +189,13 @@ def run(
             if isinstance(exc, ReplicatorError):
                 raise _fail(f"pipeline {name}: {exc}", exc.exit_code)
             raise _fail(f"pipeline {name}: unexpected {type(exc).__name__}: {exc}", 1)
+
+
+def _exit_now(code: int) -> None:
+    """Exit at once, without waiting for pipeline threads (their work is safe to abandon)."""
+    logging.shutdown()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _reload(supervisor: Supervisor, log: Any) -> None:

@@ -228,6 +228,9 @@ class PostgresSourceConfig(_SourceConfig):
     slot: str | None = None
     publication: str | None = None
     status_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # A replication connection silent this long, even to a keepalive request sent halfway,
+    # is stalled (a dead network path sends no reset): it is dropped and reconnected.
+    stall_timeout_s: Annotated[float, Field(ge=2, le=86400)] = 60.0
 
     _qualified: ClassVar[str] = "schema-qualified, like 'public.*' or 'sales.orders'"
 
@@ -443,6 +446,25 @@ class BatchConfig(_Model):
     max_age_ms: Annotated[int, Field(ge=0, le=600_000)] = 500
 
 
+class RetryConfig(_Model):
+    """How a pipeline rides out transient faults (a server restarting, a connection cut): it
+    restarts from its checkpoint after a delay growing exponentially, with jitter."""
+
+    initial_delay_s: Annotated[float, Field(gt=0, le=600)] = 0.5
+    max_delay_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # 0: keep retrying for as long as it takes (the pipeline shows "retrying" meanwhile).
+    give_up_after_s: Annotated[float, Field(ge=0, le=30 * 86400)] = 0.0
+    # Consecutive target failures after which the target's circuit opens: pipelines then
+    # wait while one probe at a time checks whether the target is back.
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+
+    @model_validator(mode="after")
+    def _delays_in_order(self) -> RetryConfig:
+        if self.max_delay_s < self.initial_delay_s:
+            raise ValueError("max_delay_s must not be below initial_delay_s")
+        return self
+
+
 class PipelineConfig(_Model):
     """One source, its transforms and one sink, with one checkpoint."""
 
@@ -454,6 +476,7 @@ class PipelineConfig(_Model):
     # target, in the same transaction as the data).
     checkpoint: FileCheckpointConfig | None = None
     batch: BatchConfig = BatchConfig()
+    retry: RetryConfig = RetryConfig()
     sync_sequences_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
     @field_validator("name")
@@ -667,6 +690,9 @@ class Config(_Model):
     api: ApiConfig | None = None
     logging: LoggingConfig = LoggingConfig()
     observability: ObservabilityConfig = ObservabilityConfig()
+    # SIGTERM: how long pipelines get to commit their batch and checkpoint before the process
+    # gives up on them and exits non-zero (the next run resumes from the last checkpoint).
+    shutdown_timeout_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from replicator.errors import SinkConnectionError
 from replicator.events import ChangeEvent, Position, StreamItem, TableId, TableSchema, TxCommit
 
 
@@ -307,6 +308,12 @@ class Sink(ABC):
     def identity(self) -> str | None:
         """A string naming the database instance written to; None when unknown."""
         return None
+
+    def probe(self) -> None:
+        """Raise unless the target answers now (how a circuit breaker checks it is back)."""
+        errors = [p for p in self.preflight() if p.severity is Severity.ERROR]
+        if errors:
+            raise SinkConnectionError(f"the target is not ready: {errors[0]}")
 
     def snapshot_writer(self, pipeline: str) -> SnapshotWriter:
         """A writer with its own connection, for one copy worker."""

@@ -76,6 +76,11 @@ class SourceConnectionError(SourceError):
 class SinkError(ReplicatorError):
     """The target failed while applying changes."""
 
+    sqlstate: str = ""  # the server's SQLSTATE, when the server reported the failure
+    # The target rolled the batch back over a race with another writer (a deadlock, a
+    # serialization failure): applying the same batch again will work.
+    conflict: bool = False
+
 
 class SinkConnectionError(SinkError):
     """The target could not be reached, or the connection to it was lost."""

@@ -54,6 +54,9 @@ IDENTITY_QUERY = (
 # Class 08 (connection), 57P (operator intervention: shutdown, terminated) and 53 (resources)
 # are worth a reconnect; any other SQLSTATE is a real refusal.
 TRANSIENT_SQLSTATE_CLASSES = ("08", "57P", "53")
+# A statement that lost a race with another session (deadlock, serialization failure):
+# running it again will work.
+CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 
 
 def connection_lost(exc: psycopg.Error) -> bool:

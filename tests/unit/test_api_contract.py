@@ -103,14 +103,14 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Api]:
         supervisor = Supervisor(config, path, None, isolate_failures=True)
         server = ManagementApi(config.api, supervisor)
         server.start()
-        supervisor.start()  # the pipeline fails at once: nothing listens on port 1
+        supervisor.start()  # the pipeline retries at once: nothing listens on port 1
         url = f"http://{server.address}"
 
         def failed() -> bool:
-            return bool(_get(session, url, "/pipelines/contract")["state"] == "failed")
+            return bool(_get(session, url, "/pipelines/contract")["state"] == "retrying")
 
         try:
-            wait_for(failed, 30, "the pipeline to fail")
+            wait_for(failed, 30, "the pipeline to retry")
             yield _Api(url, session)
         finally:
             supervisor.shutdown_async()

@@ -30,6 +30,7 @@ pipelines:
     source:
       {type: postgres, dsn: "postgresql://repl:s3cret-pw@127.0.0.1:1/shop", tables: [public.*]}
     sink: {type: postgres, dsn: "postgresql://w:s3cret-pw@127.0.0.1:1/wh"}
+    retry: {initial_delay_s: 0.2, max_delay_s: 0.5, give_up_after_s: 3}
 """
 
 
@@ -171,12 +172,20 @@ def test_api_answers_match_the_openapi_spec(tmp_path: Path, monkeypatch: pytest.
     supervisor = Supervisor(config, path, None, isolate_failures=True)
     api = ManagementApi(config.api, supervisor)
     api.start()
-    supervisor.start()  # the pipeline fails at once: nothing listens on port 1
+    supervisor.start()  # nothing listens on port 1: the pipeline retries, then gives up
     base = f"http://{api.address}"
     spec = _spec()
     token = "unit-token-0123456789"
     try:
+        wait_for(lambda: _call(base, "/pipelines/ops")[1]["retry"] is not None, 30, "a retry")
+        status, view = _call(base, "/pipelines/ops")
+        _check(spec, "/pipelines/{name}", "GET", status, view)
+        assert view["state"] == "retrying" and view["retry"]["attempt"] >= 1
+        assert "Connection refused" in view["retry"]["error"]
+        status, ready = _call(base, "/health/ready")
+        assert status == 503 and ready["pipelines"]["ops"]["reason"].startswith("retrying (")
         wait_for(lambda: _call(base, "/pipelines/ops")[1]["state"] == "failed", 30, "failure")
+        assert "gave up after" in _call(base, "/pipelines/ops")[1]["last_error"]["message"]
         answers = [
             ("/health/live", "GET", None, 200),
             ("/health/ready", "GET", None, 503),

@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from replicator import failpoints
 from replicator.contracts import (
     ApplyStats,
     Checkpoint,
@@ -417,6 +418,7 @@ class FileCheckpointStore(CheckpointStore):
                 out.write(text)
                 out.flush()
                 os.fsync(out.fileno())
+            failpoints.fail("checkpoint.before_rename")
             os.replace(self._temp_path, self.path)
             self._fsync_folder()
         except OSError as exc:
@@ -425,11 +427,15 @@ class FileCheckpointStore(CheckpointStore):
             raise self._write_failed(exc) from exc
 
     def _write_failed(self, exc: OSError, path: Path | None = None) -> SinkError:
-        return SinkError(
+        error = SinkError(
             f"cannot write the checkpoint file {path or self.path}: {exc.strerror or exc}",
             fix=f"make room on the disk of {self._folder} and let the user running Replicator "
             "write there",
         )
+        # A full disk may be freed: the pipeline retries from the last checkpoint, which the
+        # failed write left in place (a new temporary file each time, never the same fd).
+        error.transient = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return error
 
     def _fsync_folder(self) -> None:
         fd = os.open(self._folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

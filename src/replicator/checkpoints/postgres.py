@@ -246,6 +246,8 @@ class PostgresCheckpointStore(CheckpointStore):
             try:
                 ensure_tables(self._conn)
             except psycopg.Error as exc:
+                if connection_lost(exc):
+                    raise _translate(exc) from exc
                 raise SinkError(
                     f"cannot create the {SCHEMA} bookkeeping tables in the target: "
                     f"{redact(str(exc).strip())}",

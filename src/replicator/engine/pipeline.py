@@ -23,20 +23,24 @@ hour); a longer pause costs one reconnect on resume, from the interrupted transa
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from replicator import failpoints
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
 from replicator.engine.progress import RateWindow
+from replicator.engine.recovery import is_transient
 from replicator.engine.snapshot import SnapshotRound, Stopped
-from replicator.errors import PreflightError, ReplicatorError, SchemaMismatchError
+from replicator.errors import PreflightError, ReplicatorError, SchemaMismatchError, SinkError
 from replicator.events import ChangeEvent, Heartbeat, Op, Position, TableId, TableSchema, TxCommit
-from replicator.observability import tracing
+from replicator.observability import errorlog, tracing
 from replicator.observability.logging import get_logger
 from replicator.observability.metrics import PipelineMetrics
 from replicator.sequences import SequenceSync
@@ -45,6 +49,7 @@ IDLE_CHECKPOINT_INTERVAL = 1.0  # seconds between checkpoints of an idle pipelin
 STATUS_INTERVAL = 5.0
 SUMMARY_INTERVAL = 30.0
 _PAUSE_POLL = 0.2  # seconds between checks for a resume or a stop while paused
+_CONFLICT_ATTEMPTS = 5  # for a batch racing another writer on the target
 
 
 @dataclass
@@ -110,6 +115,8 @@ class Pipeline:
         self._applied_lag = 0.0  # end-to-end lag of the last commit
         self._read_started_ns = 0  # wall clock of the oldest pending change, for tracing
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # once: flushes are hot
+        self.on_working: Callable[[], None] | None = None
+        """Called once, when the pipeline first streams or commits."""
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -159,14 +166,15 @@ class Pipeline:
             self._phase("streaming")
             self._stream(start)
         except Stopped:
-            self._safe_report("stopped")
+            self.report_state("stopped")
             self._log.info("stopped during the snapshot; the next run resumes it")
         except BaseException as exc:
             self._sink.rollback()
-            self._safe_report("failed", error=str(exc))
+            # A transient failure is retried by the supervisor, from the checkpoint.
+            self.report_state("retrying" if is_transient(exc) else "failed", error=str(exc))
             raise
         else:
-            self._safe_report("stopped")
+            self.report_state("stopped")
             self._log.info("stopped", checkpoint=str(self._durable), **self._summary())
         finally:
             self.paused_at = None
@@ -278,14 +286,25 @@ class Pipeline:
         self.state = phase
         self.metrics.state(phase)
         self._store.report(self.name, phase, started=started)
+        if phase == "streaming":
+            self._working()
 
-    def _safe_report(self, phase: str, error: str | None = None) -> None:
+    def _working(self) -> None:
+        """Tell the supervisor, once, that the pipeline works (a fault it retried is over)."""
+        callback, self.on_working = self.on_working, None
+        if callback is not None:
+            callback()
+
+    def report_state(self, phase: str, error: str | None = None) -> None:
+        """Enter ``phase`` where operators see it, never failing (it is informational)."""
         self.state = phase
         self.metrics.state(phase)
         try:
             self._store.report(self.name, phase, error=error)
         except Exception as exc:  # noqa: BLE001 - status is informational; keep the real error
-            self._log.warning("could not record the pipeline's status", error=str(exc))
+            # While retrying, the target being down is the news already logged.
+            level = self._log.debug if phase == "retrying" else self._log.warning
+            level("could not record the pipeline's status", error=str(exc))
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -447,13 +466,16 @@ class Pipeline:
             events=len(events),
             transactions=self._transactions,
         ):
-            durable = self._sink.apply(
-                Batch(events=events, commit=commit, transactions=self._transactions), self.name
+            failpoints.fail("pipeline.before_apply")
+            durable = self._apply(
+                Batch(events=events, commit=commit, transactions=self._transactions)
             )
             assert durable is not None
+            failpoints.fail("pipeline.after_commit")
             # Only now, with data and checkpoint committed together, may the source let go.
             with tracing.step("acknowledge"):
                 self._source.acknowledge(durable)
+            failpoints.fail("pipeline.after_acknowledge")
             if self._debug:
                 self._log.debug(
                     "batch committed",
@@ -463,6 +485,8 @@ class Pipeline:
                     seconds=round(time.monotonic() - started, 4),
                 )
         self._durable = durable
+        if self.on_working is not None:
+            self._working()
         tally = self._chunked_ops + Counter((e.table, e.op) for e in events)
         self._count(tally, commit, time.monotonic() - started)
         self._chunked_ops = Counter()
@@ -477,6 +501,34 @@ class Pipeline:
         self._oldest = time.monotonic() if rest else 0.0
         if rest:
             self._read_started_ns = time.time_ns()
+
+    def _apply(self, batch: Batch) -> Position | None:
+        """Apply a batch; a deadlock or serialization failure on the target (another writer
+        in the way) is retried in place, since nothing of the batch was committed.
+
+        Only a batch that is the whole target transaction can be retried here: after a
+        chunk of a large transaction, the rolled-back chunks are no longer in memory, and the
+        supervisor restarts from the checkpoint instead.
+        """
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            try:
+                return self._sink.apply(batch, self.name)
+            except SinkError as exc:
+                if not exc.conflict or self._chunk_open:
+                    raise
+                if attempt == _CONFLICT_ATTEMPTS or self._stop.is_set():
+                    raise
+                errorlog.record(self.name, exc, retried="batch re-applied")
+                delay = min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.5)  # noqa: S311
+                self._log.warning(
+                    "the target refused the batch over a conflict with another writer; "
+                    "applying it again",
+                    attempt=attempt,
+                    retry_in_s=round(delay, 3),
+                    error=exc.message,
+                )
+                time.sleep(delay)
+        raise AssertionError("unreachable")
 
     def _flush_chunk(self) -> None:
         """Apply part of a transaction too large for one batch; its commit comes later."""

@@ -23,7 +23,13 @@ from typing import Any
 from replicator.config import Config, PipelineConfig, load_config
 from replicator.contracts import CheckpointStore, Source
 from replicator.engine.pipeline import Pipeline
-from replicator.engine.registry import make_checkpoint_store, make_pipeline, make_source
+from replicator.engine.recovery import Backoff, Breakers, is_target_fault, is_transient
+from replicator.engine.registry import (
+    make_checkpoint_store,
+    make_pipeline,
+    make_sink,
+    make_source,
+)
 from replicator.engine.status import table_progress
 from replicator.errors import ConfigError, ReplicatorError
 from replicator.observability import errorlog, tracing
@@ -54,19 +60,40 @@ class Conflict(ReplicatorError):
     """The request does not fit the pipeline's state (e.g. pausing a failed pipeline)."""
 
 
-class Runner:
-    """One pipeline's thread, and what operators see of it."""
+@dataclass(frozen=True)
+class RetryState:
+    """Why a pipeline is waiting to retry, and when it will."""
 
-    def __init__(self, config: PipelineConfig, on_exit: Any) -> None:
+    attempt: int
+    delay: float
+    error: str
+    at: float  # monotonic time of the failure
+
+
+class RetriesExhausted(ReplicatorError):
+    """A pipeline kept failing transiently for longer than ``retry.give_up_after_s``."""
+
+
+class Runner:
+    """One pipeline's thread, and what operators see of it.
+
+    A transient failure restarts the pipeline from its checkpoint after a backoff (see
+    :mod:`replicator.engine.recovery`); any other failure ends the thread with ``error`` set.
+    """
+
+    def __init__(self, config: PipelineConfig, on_exit: Any, breakers: Breakers) -> None:
         self.config = config
         self.name = config.name
         self.stop = threading.Event()
         self.pipeline: Pipeline | None = None
         self.error: BaseException | None = None
+        self.retry: RetryState | None = None  # set while waiting to retry
         self.side: dict[str, Any] = {}  # the poller's last measurements
         self.snapshot: list[dict[str, Any]] = []
         self._pause_early = False  # paused before the pipeline object existed
         self._on_exit = on_exit
+        self._breaker = breakers.of(config)
+        self._log = get_logger(pipeline=config.name)
         self._thread = threading.Thread(target=self._run, name=f"pipeline-{self.name}")
 
     def start(self) -> None:
@@ -74,19 +101,90 @@ class Runner:
         self._thread.start()
 
     def _run(self) -> None:
+        backoff = Backoff(self.config.retry)
+        metrics = PipelineMetrics(self.name)
         try:
-            pipeline = make_pipeline(self.config, self.stop)
-            if self._pause_early:
-                pipeline.pause()
-            self.pipeline = pipeline
-            pipeline.run()
+            while True:
+                if not self._breaker.wait_closed(
+                    self._probe_target, self.stop, self.config.retry.max_delay_s, backoff.expired
+                ):
+                    if self.stop.is_set():
+                        return
+                    raise self._exhausted(backoff, self.retry.error if self.retry else "")
+                pipeline = make_pipeline(self.config, self.stop)
+                if self._pause_early:
+                    pipeline.pause()
+                pipeline.on_working = lambda: self._working(backoff, metrics)
+                self.pipeline = pipeline
+                try:
+                    pipeline.run()
+                    return
+                except BaseException as exc:
+                    if not is_transient(exc) or self.stop.is_set():
+                        raise
+                    self._failed_transiently(exc, backoff, metrics, pipeline)
+                if self.stop.wait(self.retry.delay if self.retry is not None else 0):
+                    return
         except BaseException as exc:  # noqa: BLE001 - reported through the supervisor
             self.error = exc
+            self.retry = None
             errorlog.record(self.name, exc)
-            if self.pipeline is None:
-                PipelineMetrics(self.name).state("failed")
+            (self.pipeline.metrics if self.pipeline is not None else metrics).state("failed")
         finally:
             self._on_exit(self)
+
+    def _working(self, backoff: Backoff, metrics: PipelineMetrics) -> None:
+        """The pipeline streams or committed: its fault is over."""
+        if backoff.attempt:
+            self._log.info("recovered", attempts=backoff.attempt)
+        backoff.succeeded()
+        self._breaker.success()
+        self.retry = None
+        metrics.retrying(0, 0.0)
+
+    def _failed_transiently(
+        self,
+        error: BaseException,
+        backoff: Backoff,
+        metrics: PipelineMetrics,
+        pipeline: Pipeline,
+    ) -> None:
+        delay = backoff.failed()
+        if delay is None:
+            pipeline.report_state("failed", error=str(error))
+            raise self._exhausted(backoff, redact(str(error))) from error
+        if is_target_fault(error):
+            self._breaker.failure(delay)
+        message = redact(str(error))
+        self.retry = RetryState(backoff.attempt, delay, message, time.monotonic())
+        errorlog.record(self.name, error, retried="pipeline restart")
+        metrics.retrying(backoff.attempt, delay)
+        pipeline.metrics.state("retrying")
+        self._log.warning(
+            "transient failure: restarting from the checkpoint",
+            attempt=backoff.attempt,
+            retry_in_s=round(delay, 2),
+            error=message,
+        )
+
+    @staticmethod
+    def _exhausted(backoff: Backoff, error: str) -> RetriesExhausted:
+        return RetriesExhausted(
+            f"gave up after {backoff.failing_for:.0f} s of failing transiently: {error}",
+            fix="fix the cause, then restart the pipeline (POST /pipelines/NAME/restart, "
+            "a reload, or the process); raise retry.give_up_after_s (0: never give up) "
+            "to wait longer",
+        )
+
+    def _probe_target(self) -> None:
+        """Connect to the target and ask it something trivial; raise while it is down."""
+        store = make_checkpoint_store(self.config)
+        sink = make_sink(self.config, store)
+        try:
+            sink.probe()
+        finally:
+            sink.close()
+            store.close()
 
     @property
     def alive(self) -> bool:
@@ -98,6 +196,13 @@ class Runner:
         """One of :data:`replicator.observability.metrics.STATES`."""
         if self.error is not None:
             return "failed"
+        if self.retry is not None and self.alive:
+            if self.stop.is_set():
+                return "stopping"
+            p = self.pipeline
+            # Until the restarted pipeline is under way, it is retrying.
+            if p is None or p.state in ("starting", "failed"):
+                return "retrying"
         state = self.pipeline.state if self.pipeline is not None else "starting"
         if self.stop.is_set() and self.alive and state not in ("stopped", "failed"):
             return "stopping"
@@ -135,6 +240,12 @@ class Runner:
             return True, None
         if state == "failed":
             return False, f"failed: {redact(str(self.error))}"
+        retry = self.retry
+        if state == "retrying" and retry is not None:
+            due = max(0.0, retry.at + retry.delay - time.monotonic())
+            return False, (
+                f"retrying (attempt {retry.attempt}, next in {due:.1f} s) after: {retry.error}"
+            )
         if state == "starting":
             return False, "starting: connecting and checking the source and the target"
         return False, state
@@ -170,6 +281,13 @@ class Runner:
             "started_at": _iso(p.started_at) if p is not None else None,
             "paused_at": _iso(p.paused_at) if p is not None else None,
             "pause_requested": self.pause_requested,
+            "retry": None
+            if self.retry is None
+            else {
+                "attempt": self.retry.attempt,
+                "delay_seconds": round(self.retry.delay, 3),
+                "error": self.retry.error,
+            },
         }
 
 
@@ -212,6 +330,7 @@ class Supervisor:
         self._isolate = isolate_failures
         self._lock = threading.RLock()
         self._runners: dict[str, Runner] = {}
+        self._breakers = Breakers()
         self.stopping = threading.Event()
         self._log = get_logger()
         self._probes: dict[str, _Probe] = {}
@@ -233,7 +352,7 @@ class Supervisor:
         return [p for p in config.pipelines if p.name in self._only]
 
     def _start(self, config: PipelineConfig) -> None:
-        runner = Runner(config, self._exited)
+        runner = Runner(config, self._exited, self._breakers)
         self._runners[config.name] = runner
         runner.start()
 
@@ -256,14 +375,18 @@ class Supervisor:
             return any(r.alive for r in self._runners.values())
         return self._isolate or any(r.alive for r in self._runners.values())
 
-    def join(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Wait for every pipeline's thread to end, then close the poller's connections."""
+    def join(self, timeout: float = STOP_TIMEOUT) -> list[str]:
+        """Wait up to ``timeout`` seconds for every pipeline's thread to end, then close the
+        poller's connections; the names of the pipelines still running."""
         deadline = time.monotonic() + timeout
+        stuck = []
         for runner in list(self._runners.values()):
-            runner.halt(max(0.0, deadline - time.monotonic()))
-        self._poller.join(timeout=10)
+            if not runner.halt(max(0.0, deadline - time.monotonic())):
+                stuck.append(runner.name)
+        self._poller.join(timeout=max(0.0, min(10.0, deadline - time.monotonic())))
         for probe in [*self._probes.values(), *self._retired]:
             probe.close()
+        return stuck
 
     def failures(self) -> list[tuple[str, BaseException]]:
         """Each failed pipeline with its error, in config order."""

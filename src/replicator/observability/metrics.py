@@ -36,7 +36,16 @@ ProcessCollector(registry=REGISTRY)
 PlatformCollector(registry=REGISTRY)
 
 # Every state a pipeline reports; exactly one has the value 1 at a time.
-STATES = ("starting", "snapshotting", "streaming", "paused", "stopping", "stopped", "failed")
+STATES = (
+    "starting",
+    "snapshotting",
+    "streaming",
+    "paused",
+    "retrying",
+    "stopping",
+    "stopped",
+    "failed",
+)
 
 _OPS = {
     Op.INSERT: "insert",
@@ -142,6 +151,30 @@ RETRIES = Counter(
     ["pipeline", "operation"],
     registry=REGISTRY,
 )
+RETRY_ATTEMPT = Gauge(
+    "replicator_retry_attempt",
+    "Consecutive failed attempts of a pipeline retrying a transient fault; 0 once it works.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+RETRY_DELAY = Gauge(
+    "replicator_retry_delay_seconds",
+    "The delay before a retrying pipeline's next attempt; 0 once it works.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+CIRCUIT_OPEN = Gauge(
+    "replicator_target_circuit_open",
+    "1 while a target's circuit is open (pipelines wait; one probe at a time checks it).",
+    ["target"],
+    registry=REGISTRY,
+)
+TARGET_PROBES = Counter(
+    "replicator_target_probes",
+    "Probes of a target whose circuit is open, by result (ok or failed).",
+    ["target", "result"],
+    registry=REGISTRY,
+)
 RELOADS = Counter(
     "replicator_config_reloads",
     "Configuration reloads, by result (applied or rejected).",
@@ -171,6 +204,10 @@ NAMES = frozenset(
         "replicator_snapshot_rows_remaining",
         "replicator_errors_total",
         "replicator_retries_total",
+        "replicator_retry_attempt",
+        "replicator_retry_delay_seconds",
+        "replicator_target_circuit_open",
+        "replicator_target_probes_total",
         "replicator_config_reloads_total",
     }
 )
@@ -191,6 +228,8 @@ _PER_PIPELINE = (
     SNAPSHOT_REMAINING,
     ERRORS,
     RETRIES,
+    RETRY_ATTEMPT,
+    RETRY_DELAY,
 )
 
 
@@ -244,6 +283,11 @@ class PipelineMetrics:
     def lag(self, seconds: float) -> None:
         """Set the end-to-end lag."""
         self._lag.set(seconds)
+
+    def retrying(self, attempt: int, delay: float) -> None:
+        """Record the pipeline's retry state (attempt 0: it works)."""
+        RETRY_ATTEMPT.labels(self.pipeline).set(attempt)
+        RETRY_DELAY.labels(self.pipeline).set(delay)
 
     def _table(self, table: TableId) -> str:
         name = self._tables.get(table)

@@ -14,7 +14,7 @@
   // sessionStorage only: the token is gone when the tab closes and never appears in a URL.
   const TOKEN_KEY = "replicator.apiToken";
   const STATES = new Set([
-    "starting", "snapshotting", "streaming", "paused", "stopping", "stopped", "failed",
+    "starting", "snapshotting", "streaming", "paused", "retrying", "stopping", "stopped", "failed",
   ]);
   const PAUSABLE = new Set(["starting", "snapshotting", "streaming"]);
   const COUNTERS = ["transactions", "events", "inserted", "updated", "deleted", "truncated"];

@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from replicator import failpoints
 from replicator.checkpoints.file import FileCheckpointStore
 from replicator.config import KafkaSinkConfig, PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Sink, SinkCapabilities
@@ -182,6 +183,7 @@ class KafkaSink(Sink):
                 return None
             self.wait_for_acks()
         position = batch.commit.position
+        failpoints.fail("sink.before_commit")
         with step("checkpoint"):
             self._store.save_commit(
                 pipeline,

@@ -11,7 +11,7 @@ from replicator.config import PipelineConfig
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import ChangeEvent
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_lost, connection_string
+from replicator.pgsession import CONFLICT_SQLSTATES, connection_lost, connection_string
 
 
 def connect(pipeline: PipelineConfig, *, synchronous_commit: bool) -> psycopg.Connection[Any]:
@@ -43,8 +43,13 @@ def translate(
     """A sink error naming what failed (and the source positions involved), secrets redacted."""
     message = redact(str(exc).strip())
     if connection_lost(exc):
-        return SinkConnectionError(f"lost the connection to the target while {doing}: {message}")
+        lost = SinkConnectionError(f"lost the connection to the target while {doing}: {message}")
+        lost.sqlstate = exc.sqlstate or ""
+        return lost
     where = ""
     if events:
         where = f" (source positions {events[0].position} to {events[-1].position})"
-    return SinkError(f"{doing} failed{where}: {message}")
+    error = SinkError(f"{doing} failed{where}: {message}")
+    error.sqlstate = exc.sqlstate or ""
+    error.conflict = error.transient = error.sqlstate in CONFLICT_SQLSTATES
+    return error

@@ -36,6 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from replicator import failpoints
 from replicator.checkpoints.postgres import (
     checkpoint_statement,
     known_tables,
@@ -289,6 +290,7 @@ class PostgresSink(Sink):
                     self._execute(conn, deferred, "applying", batch.events)
                 if batch.commit is None:
                     return None
+                failpoints.fail("sink.before_commit")
                 conn.commit()
         except psycopg.Error as exc:
             self._abort()

@@ -41,8 +41,10 @@ class StreamReader:
         start_lsn: int,
         status_interval: float,
         name: str,
+        stall_timeout: float = 60.0,
     ) -> None:
         self._repl = repl
+        self._stall_timeout = stall_timeout
         self._decoder = decoder
         self._interval = status_interval
         self._stopping = threading.Event()
@@ -93,6 +95,10 @@ class StreamReader:
         last_heartbeat = 0.0
         buffer: list[StreamItem] = []
         buffered = 0
+        # Seconds spent waiting on the socket for nothing since the last message; time spent
+        # handing over to a full queue does not count (we were not listening then).
+        silent = 0.0
+        pinged = False
 
         def hand_over() -> None:
             nonlocal buffer, buffered
@@ -104,10 +110,22 @@ class StreamReader:
         try:
             while not self._stopping.is_set():
                 self._send_status()
+                waited = time.monotonic()
                 message = repl.read(0 if buffer else _READ_TIMEOUT)
                 if message is None:
+                    silent += time.monotonic() - waited
+                    if silent >= self._stall_timeout:
+                        raise SourceConnectionError(
+                            f"the source sent nothing for {silent:.0f} s, not even an answer "
+                            "to a keepalive request: the replication connection is stalled"
+                        )
+                    if silent >= self._stall_timeout / 2 and not pinged:
+                        self._send_status(force=True, reply=True)
+                        pinged = True
                     hand_over()
                     continue
+                silent = 0.0
+                pinged = False
                 self._received = max(self._received, message.wal_end)
                 if isinstance(message, pgoutput.Keepalive):
                     if message.reply_requested:
@@ -152,13 +170,13 @@ class StreamReader:
         except (Stopped, ReplicatorError):
             pass
 
-    def _send_status(self, force: bool = False) -> None:
+    def _send_status(self, force: bool = False, reply: bool = False) -> None:
         now = time.monotonic()
         acked = self._acked
         due = now - self._last_status >= self._interval
         advanced = acked > self._sent_flush and now - self._last_status >= _ACK_SPACING
         if force or due or advanced:
             # flush_lsn is only ever a position durable in the target with its checkpoint.
-            self._repl.send_status(max(self._received, acked), acked)
+            self._repl.send_status(max(self._received, acked), acked, reply)
             self._sent_flush = acked
             self._last_status = now

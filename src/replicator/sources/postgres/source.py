@@ -96,6 +96,8 @@ class PostgresSource(Source):
             try:
                 ReplicationConnection(self._config.dsn.secret(), self._app).close()
             except SourceConnectionError as exc:
+                if not _refused(exc):
+                    raise  # the server went away meanwhile: transient, retried
                 problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
@@ -217,7 +219,12 @@ class PostgresSource(Source):
         self._log.info("streaming", slot=self._slot, start=str(position))
         decoder = ChangeDecoder(self._describe, self._lookup_type, self._encoding)
         self._reader = StreamReader(
-            self._repl, decoder, position.lsn, interval, f"pg-reader-{self._pipeline.name}"
+            self._repl,
+            decoder,
+            position.lsn,
+            interval,
+            f"pg-reader-{self._pipeline.name}",
+            stall_timeout=self._config.stall_timeout_s,
         )
         self._reader.start()
         return self._reader.items()
@@ -344,3 +351,10 @@ def _parse_ms(text: str) -> float:
         if text.endswith(unit):
             return float(text[: -len(unit)]) * units[unit]
     return float(text) * 1000 if text else 0.0
+
+
+def _refused(error: SourceConnectionError) -> bool:
+    """Whether a replication connection failed because the server refuses it (pg_hba, the
+    password, the privilege), rather than because it is unreachable right now."""
+    message = error.message.lower()
+    return any(word in message for word in ("pg_hba", "authentication", "permission", "privilege"))
