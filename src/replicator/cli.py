@@ -30,6 +30,7 @@ from replicator.api.client import ApiClient
 from replicator.api.server import ManagementApi
 from replicator.config import Config, PipelineConfig, load_config
 from replicator.contracts import CheckpointStore, Severity
+from replicator.dlq import commands as dlq_commands
 from replicator.engine.registry import make_checkpoint_store, make_pipeline, make_source
 from replicator.engine.status import table_progress
 from replicator.engine.supervisor import Supervisor
@@ -55,6 +56,9 @@ PipelineOption = Annotated[
     list[str] | None,
     typer.Option("--pipeline", "-p", help="Only this pipeline (repeatable).", show_default=False),
 ]
+
+
+app.add_typer(dlq_commands.app, name="dlq")
 
 
 def _version(value: bool) -> None:

@@ -465,6 +465,20 @@ class RetryConfig(_Model):
         return self
 
 
+class DeadLetterConfig(_Model):
+    """Where events the target will not take go, and what happens to their key meanwhile."""
+
+    # table: _replicator.dlq in a PostgreSQL target (the default there), written in the same
+    # transaction as the data; jsonl: a file (the default with other sinks).
+    store: Literal["table", "jsonl"] | None = None
+    path: str | None = None  # jsonl: default <checkpoint dir>/<pipeline>.dlq.jsonl
+    # hold_key: later changes to a dead-lettered key wait in the DLQ behind it, so the target
+    # never shows a newer version over a missing older one; skip: they are applied.
+    policy: Literal["hold_key", "skip"] = "hold_key"
+    # Readiness reports a warning (the pipeline still works) at this many open entries.
+    warn_at: Annotated[int, Field(ge=1)] = 1
+
+
 class PipelineConfig(_Model):
     """One source, its transforms and one sink, with one checkpoint."""
 
@@ -477,6 +491,7 @@ class PipelineConfig(_Model):
     checkpoint: FileCheckpointConfig | None = None
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
+    dead_letter: DeadLetterConfig = DeadLetterConfig()
     sync_sequences_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
     @field_validator("name")
@@ -518,6 +533,23 @@ class PipelineConfig(_Model):
                 "not supported"
             )
         return self
+
+    @model_validator(mode="after")
+    def _dead_letter_store(self) -> PipelineConfig:
+        if self.dead_letter.store == "table" and self.sink.type != "postgres":
+            raise ValueError(
+                "dead_letter.store: table keeps the queue in a PostgreSQL target; with a "
+                f"{self.sink.type} sink use store: jsonl"
+            )
+        if self.dead_letter.path is not None and self.dead_letter_store != "jsonl":
+            raise ValueError("dead_letter.path is for store: jsonl")
+        return self
+
+    @property
+    def dead_letter_store(self) -> str:
+        """The DLQ store in effect: the configured one, else table with a PostgreSQL sink."""
+        chosen = self.dead_letter.store
+        return chosen or ("table" if self.sink.type == "postgres" else "jsonl")
 
     @model_validator(mode="after")
     def _sequences_need_postgres(self) -> PipelineConfig:

@@ -18,9 +18,12 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from replicator.errors import SinkConnectionError
+from replicator.errors import SinkConnectionError, SinkError
+
+if TYPE_CHECKING:
+    from replicator.dlq.entry import DeadLetter, Resolution
 from replicator.events import ChangeEvent, Position, StreamItem, TableId, TableSchema, TxCommit
 
 
@@ -244,6 +247,8 @@ class SinkCapabilities:
 
     transactional_checkpoint: bool
     """True when ``apply`` writes the checkpoint in the same transaction as the data."""
+    isolates_rejects: bool = False
+    """True when the sink can :meth:`~Sink.isolate` the events its target refuses."""
 
 
 @dataclass(slots=True)
@@ -259,6 +264,12 @@ class Batch:
     events: list[ChangeEvent] = field(default_factory=list)
     commit: TxCommit | None = None
     transactions: int = 0
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    """New dead-letter entries a sink that keeps the DLQ in its target writes in the same
+    transaction (``DeadLetterStore.in_target``)."""
+    resolved: list[Resolution] = field(default_factory=list)
+    """Status changes of dead-letter entries (replayed, superseded) this batch causes, for a
+    sink that keeps the DLQ in its target to write in the same transaction."""
 
 
 @dataclass(slots=True)
@@ -308,6 +319,22 @@ class Sink(ABC):
     def identity(self) -> str | None:
         """A string naming the database instance written to; None when unknown."""
         return None
+
+    def isolate(
+        self,
+        events: list[ChangeEvent],
+        screen: Callable[[list[ChangeEvent]], list[ChangeEvent]],
+        reject: Callable[[ChangeEvent, SinkError], None],
+    ) -> None:
+        """Apply ``events`` in the open target transaction (opening one if none), leaving
+        out those the target refuses, each reported to ``reject``; commit nothing.
+
+        Called after :meth:`apply` raised a :class:`SinkError` with ``rejected`` set, which
+        left the transaction as it was before that call. ``screen`` is applied to every group
+        of events right before it is written and returns those still to apply (an earlier
+        refusal may hold later changes to its key).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot isolate refused events")
 
     def probe(self) -> None:
         """Raise unless the target answers now (how a circuit breaker checks it is back)."""

@@ -80,6 +80,9 @@ class SinkError(ReplicatorError):
     # The target rolled the batch back over a race with another writer (a deadlock, a
     # serialization failure): applying the same batch again will work.
     conflict: bool = False
+    # The target refused the data itself (a constraint, a value that does not fit): applying
+    # it again will fail the same way, so the event goes to the dead-letter queue.
+    rejected: bool = False
 
 
 class SinkConnectionError(SinkError):

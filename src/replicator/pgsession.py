@@ -57,6 +57,9 @@ TRANSIENT_SQLSTATE_CLASSES = ("08", "57P", "53")
 # A statement that lost a race with another session (deadlock, serialization failure):
 # running it again will work.
 CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+# The data itself refused: class 22 (a value that does not fit: too long, out of range,
+# invalid), 23 (a constraint: unique, check, not null, foreign key), P0001 (a trigger's RAISE).
+REJECTED_SQLSTATE_CLASSES = ("22", "23", "P0001")
 
 
 def connection_lost(exc: psycopg.Error) -> bool:

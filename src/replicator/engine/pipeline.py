@@ -35,6 +35,8 @@ from typing import Any
 from replicator import failpoints
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
+from replicator.dlq.store import DeadLetterStore
+from replicator.engine.deadletters import DeadLetterQueue
 from replicator.engine.progress import RateWindow
 from replicator.engine.recovery import is_transient
 from replicator.engine.snapshot import SnapshotRound, Stopped
@@ -74,6 +76,7 @@ class Pipeline:
         sink: Sink,
         store: CheckpointStore,
         stop: threading.Event,
+        dead_letters: DeadLetterStore | None = None,
     ) -> None:
         self.config = config
         self.name = config.name
@@ -117,6 +120,8 @@ class Pipeline:
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # once: flushes are hot
         self.on_working: Callable[[], None] | None = None
         """Called once, when the pipeline first streams or commits."""
+        self._dlq = DeadLetterQueue(config, dead_letters) if dead_letters is not None else None
+        self._last_dlq_check = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -160,6 +165,8 @@ class Pipeline:
                 export_snapshot=checkpoint is None and self._snapshots_enabled,
             )
             self._durable = start
+            if self._dlq is not None:
+                self._dlq.load()
             self.started_at = datetime.now(UTC)
             self._phase("starting", started=True)
             self._run_snapshots()
@@ -188,6 +195,8 @@ class Pipeline:
         self._source.close()
         self._sink.close()
         self._store.close()
+        if self._dlq is not None:
+            self._dlq.store.close()
 
     # --- snapshots --------------------------------------------------------------------------
 
@@ -263,6 +272,13 @@ class Pipeline:
         every = self.config.sync_sequences_interval_s
         if every and now - self._last_sequence_sync >= every:
             self._sync_sequences(now)
+        dlq = self._dlq
+        if dlq is not None and now - self._last_dlq_check >= STATUS_INTERVAL:
+            # Operators replay or discard entries from outside (replicator dlq).
+            self._last_dlq_check = now
+            dlq.load()
+            if dlq.replay_wanted:
+                self._replay()
 
     def _sync_sequences(self, now: float) -> None:
         """Keep target sequences at or above the source's (continuous cutover readiness)."""
@@ -467,7 +483,10 @@ class Pipeline:
             transactions=self._transactions,
         ):
             failpoints.fail("pipeline.before_apply")
-            durable = self._apply(
+            dlq = self._dlq
+            if dlq is not None and dlq.active:
+                events = dlq.screen(events)
+            durable = self._apply_isolating(
                 Batch(events=events, commit=commit, transactions=self._transactions)
             )
             assert durable is not None
@@ -487,6 +506,9 @@ class Pipeline:
         self._durable = durable
         if self.on_working is not None:
             self._working()
+        if dlq is not None:
+            events = dlq.applied(events)
+            dlq.committed()
         tally = self._chunked_ops + Counter((e.table, e.op) for e in events)
         self._count(tally, commit, time.monotonic() - started)
         self._chunked_ops = Counter()
@@ -501,6 +523,88 @@ class Pipeline:
         self._oldest = time.monotonic() if rest else 0.0
         if rest:
             self._read_started_ns = time.time_ns()
+
+    def _apply_isolating(self, batch: Batch) -> Position | None:
+        """Apply a batch; when the target refuses some of its changes, apply the rest and
+        dead-letter those (DESIGN invariant 7), all in the one target transaction."""
+        dlq = self._dlq
+        if dlq is not None:
+            dlq.attach(batch)
+        try:
+            return self._apply(batch)
+        except SinkError as exc:
+            if not exc.rejected or dlq is None or not self._sink.capabilities.isolates_rejects:
+                raise
+            self._log.info(
+                "the target refused part of a batch: applying the rest, dead-lettering the "
+                "refused changes",
+                events=len(batch.events),
+                error=exc.message,
+            )
+            self._sink.isolate(batch.events, dlq.screen, dlq.reject)
+        rest = Batch(events=[], commit=batch.commit, transactions=batch.transactions)
+        dlq.attach(rest)
+        return self._sink.apply(rest, self.name)
+
+    def _replay(self) -> None:
+        """Apply the dead-letter entries an operator asked to replay (at a clean point)."""
+        dlq = self._dlq
+        assert dlq is not None and self._durable is not None
+        try:
+            events = dlq.replay_batch(self._replay_schema)
+        except ReplicatorError as exc:
+            self._log.warning("could not read the dead-letter entries to replay", error=exc.message)
+            return
+        if not events:
+            return
+        events = [e for e in events if self._replayable(e, dlq)]
+        commit = TxCommit(self._durable, None)
+        if self._sink.capabilities.isolates_rejects:
+            self._sink.isolate(events, dlq.screen, dlq.reject)
+            applied = dlq.applied(events)
+            dlq.replayed(applied)
+            batch = Batch(events=[], commit=commit)
+        else:
+            applied = dlq.applied(dlq.screen(events))
+            dlq.replayed(applied)
+            batch = Batch(events=applied, commit=commit)
+        dlq.attach(batch)
+        self._sink.apply(batch, self.name)
+        refused = len(events) - len(applied)
+        dlq.committed()
+        self._count(Counter((e.table, e.op) for e in applied), commit, 0.0)
+        self._log.info("replayed dead-letter entries", applied=len(applied), refused=refused)
+
+    def _replay_schema(self, table: TableId) -> TableSchema | None:
+        """The table's definition to replay its entries with: the stream's current one."""
+        known = self._schemas.get(table)
+        if known is None:
+            found = self._source.describe([table]).get(table)
+            if found is not None:
+                self._sink.ensure_table(found)
+                self._schemas[table] = known = found
+        return known
+
+    def _replayable(self, event: ChangeEvent, dlq: DeadLetterQueue) -> bool:
+        """Whether the entry's event has a value for every column its table has now."""
+        missing = [
+            c
+            for row in (event.after, event.before if not event.schema.key else None)
+            if row is not None
+            for c in event.schema.column_names
+            if c not in row
+        ]
+        if not missing:
+            return True
+        dlq.reject(
+            event,
+            SinkError(
+                f"cannot replay: {event.table} has columns the entry's event lacks "
+                f"({', '.join(sorted(set(missing)))}); the table changed since",
+                fix="apply the change by hand, then discard the entry",
+            ),
+        )
+        return False
 
     def _apply(self, batch: Batch) -> Position | None:
         """Apply a batch; a deadlock or serialization failure on the target (another writer
@@ -535,7 +639,12 @@ class Pipeline:
         # Only ever the unfinished transaction: complete ones were committed just before.
         assert self._last_commit is None
         events = self._pending
-        self._sink.apply(Batch(events=events, commit=None), self.name)
+        dlq = self._dlq
+        if dlq is not None and dlq.active:
+            events = dlq.screen(events)
+        self._apply_isolating(Batch(events=events, commit=None))
+        if dlq is not None:
+            events = dlq.applied(events)
         self._chunked_ops.update((e.table, e.op) for e in events)
         self._chunk_open = True
         self._pending = []
@@ -572,6 +681,11 @@ class Pipeline:
     def events_per_second(self) -> float:
         """Change events committed per second over the last few seconds."""
         return self._rate.rate(self.counters.events)
+
+    @property
+    def dead_letters_open(self) -> int:
+        """Open entries in the pipeline's dead-letter queue (each holds its key)."""
+        return self._dlq.open_count if self._dlq is not None else 0
 
     @property
     def durable_position(self) -> Position | None:

@@ -6,6 +6,7 @@ import threading
 
 from replicator.config import FileCheckpointConfig, PipelineConfig
 from replicator.contracts import CheckpointStore, Sink, Source
+from replicator.dlq.store import DeadLetterStore
 from replicator.engine.pipeline import Pipeline
 
 
@@ -55,7 +56,29 @@ def make_checkpoint_store(config: PipelineConfig) -> CheckpointStore:
     return FileCheckpointStore(checkpoint.dir, config.name)
 
 
+def make_dead_letter_store(config: PipelineConfig) -> DeadLetterStore:
+    """The pipeline's dead-letter queue (see :class:`~replicator.config.DeadLetterConfig`)."""
+    if config.dead_letter_store == "table":
+        from replicator.dlq.table import TableDeadLetterStore
+
+        return TableDeadLetterStore(config.target_dsn.secret(), f"replicator:{config.name}"[:63])
+    from replicator.dlq.jsonl import JsonlDeadLetterStore
+
+    path = config.dead_letter.path
+    if path is None:
+        folder = (config.checkpoint or FileCheckpointConfig()).dir
+        path = f"{folder}/{config.name}.dlq.jsonl"
+    return JsonlDeadLetterStore(path)
+
+
 def make_pipeline(config: PipelineConfig, stop: threading.Event) -> Pipeline:
     """A ready-to-run pipeline with its source, sink and checkpoint store."""
     store = make_checkpoint_store(config)
-    return Pipeline(config, make_source(config), make_sink(config, store), store, stop)
+    return Pipeline(
+        config,
+        make_source(config),
+        make_sink(config, store),
+        store,
+        stop,
+        dead_letters=make_dead_letter_store(config),
+    )

@@ -233,6 +233,17 @@ class Runner:
             self._thread.join(timeout)
         return not self.alive
 
+    def warning(self) -> str | None:
+        """Something an operator should look at although the pipeline works."""
+        p = self.pipeline
+        waiting = p.dead_letters_open if p is not None else 0
+        if waiting >= self.config.dead_letter.warn_at:
+            return (
+                f"{waiting} change(s) in the dead-letter queue, their keys held: inspect with "
+                f"replicator dlq list -c FILE -p {self.name}, then replay or discard"
+            )
+        return None
+
     def readiness(self) -> tuple[bool, str | None]:
         """Whether the pipeline is connected and working, and if not, why."""
         state = self.state
@@ -281,6 +292,7 @@ class Runner:
             "started_at": _iso(p.started_at) if p is not None else None,
             "paused_at": _iso(p.paused_at) if p is not None else None,
             "pause_requested": self.pause_requested,
+            "dead_letters_open": p.dead_letters_open if p is not None else 0,
             "retry": None
             if self.retry is None
             else {
@@ -504,7 +516,12 @@ class Supervisor:
         report: dict[str, dict[str, Any]] = {}
         for runner in self.runners():
             ok, reason = runner.readiness()
-            report[runner.name] = {"ready": ok, "state": runner.state, "reason": reason}
+            report[runner.name] = {
+                "ready": ok,
+                "state": runner.state,
+                "reason": reason,
+                "warning": runner.warning(),
+            }
         ready = bool(report) and all(r["ready"] for r in report.values())
         return ready and not self.stopping.is_set(), report
 

@@ -175,6 +175,25 @@ TARGET_PROBES = Counter(
     ["target", "result"],
     registry=REGISTRY,
 )
+DLQ_OPEN = Gauge(
+    "replicator_dlq_open_entries",
+    "Dead-letter entries still open (pending or waiting for replay); each holds its key.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
+DEAD_LETTERED = Counter(
+    "replicator_dead_lettered",
+    "Events put in the dead-letter queue, by kind: rejected (by the target), invalid (a "
+    "validation rule), held (behind an earlier entry of their key).",
+    ["pipeline", "kind"],
+    registry=REGISTRY,
+)
+STALE_EVENTS = Counter(
+    "replicator_stale_events",
+    "Events refused by the staleness guard as older than what the target row reflects.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
 RELOADS = Counter(
     "replicator_config_reloads",
     "Configuration reloads, by result (applied or rejected).",
@@ -208,6 +227,9 @@ NAMES = frozenset(
         "replicator_retry_delay_seconds",
         "replicator_target_circuit_open",
         "replicator_target_probes_total",
+        "replicator_dlq_open_entries",
+        "replicator_dead_lettered_total",
+        "replicator_stale_events_total",
         "replicator_config_reloads_total",
     }
 )
@@ -230,6 +252,9 @@ _PER_PIPELINE = (
     RETRIES,
     RETRY_ATTEMPT,
     RETRY_DELAY,
+    DLQ_OPEN,
+    DEAD_LETTERED,
+    STALE_EVENTS,
 )
 
 

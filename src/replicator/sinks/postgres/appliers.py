@@ -250,6 +250,12 @@ class KeyedApplier:
     def end_transaction(self) -> None:
         self.used_in_transaction = False
 
+    def rolled_back(self) -> None:
+        """The transaction rolled back to a savepoint: the staging table may be gone with it
+        (created again if so), or hold rows (emptied before its next use)."""
+        self.created = False
+        self.used_in_transaction = True
+
 
 class KeylessApplier:
     """Applies changes to a table without a key in order, one matching row at a time."""
@@ -353,6 +359,9 @@ class KeylessApplier:
 
     def end_transaction(self) -> None:
         pass
+
+    def rolled_back(self) -> None:
+        """Nothing is staged."""
 
 
 Applier = KeyedApplier | KeylessApplier

@@ -11,7 +11,12 @@ from replicator.config import PipelineConfig
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import ChangeEvent
 from replicator.observability.redaction import redact
-from replicator.pgsession import CONFLICT_SQLSTATES, connection_lost, connection_string
+from replicator.pgsession import (
+    CONFLICT_SQLSTATES,
+    REJECTED_SQLSTATE_CLASSES,
+    connection_lost,
+    connection_string,
+)
 
 
 def connect(pipeline: PipelineConfig, *, synchronous_commit: bool) -> psycopg.Connection[Any]:
@@ -52,4 +57,5 @@ def translate(
     error = SinkError(f"{doing} failed{where}: {message}")
     error.sqlstate = exc.sqlstate or ""
     error.conflict = error.transient = error.sqlstate in CONFLICT_SQLSTATES
+    error.rejected = error.sqlstate.startswith(REJECTED_SQLSTATE_CLASSES)
     return error

@@ -30,7 +30,8 @@ consumers of one group apply to the target at once:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -45,6 +46,7 @@ from replicator.checkpoints.postgres import (
 )
 from replicator.config import PipelineConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
+from replicator.dlq import table as dlq_table
 from replicator.errors import SchemaMismatchError, SinkError
 from replicator.events import (
     ChangeEvent,
@@ -67,7 +69,7 @@ from replicator.sources.kafka.position import KafkaPosition
 class PostgresSink(Sink):
     """Keeps PostgreSQL tables an exact copy of the source's."""
 
-    capabilities = SinkCapabilities(transactional_checkpoint=True)
+    capabilities = SinkCapabilities(transactional_checkpoint=True, isolates_rejects=True)
 
     def __init__(self, pipeline: PipelineConfig) -> None:
         self._pipeline = pipeline
@@ -242,65 +244,171 @@ class PostgresSink(Sink):
         remember_table(conn, self._pipeline.name, source_id, table)
 
     def apply(self, batch: Batch, pipeline: str) -> Position | None:
-        """Apply the batch; commit with the checkpoint when it ends a source transaction."""
+        """Apply the batch; commit with the checkpoint when it ends a source transaction.
+
+        A batch the target refuses (``SinkError.rejected``) leaves the target transaction as
+        it was before the call, so that :meth:`isolate` can apply it without the culprits.
+        """
         conn = self._connection()
+        continuing = self._in_transaction and bool(batch.events)
+        saved = self._savepoint(conn) if continuing else None
         try:
             self._in_transaction = True
-            staged: list[tuple[TableId, list[ChangeEvent], Applier, Staged]] = []
-            # Statements that need no answer travel together in one round trip at the end.
-            deferred: list[sql.Composable] = []
             with step("apply"):
-                groups = _group_by_table(batch.events)
-                if self._guarded:
-                    # One table order for every consumer: row locks are never taken crosswise.
-                    groups.sort(key=lambda group: group[0])
-                for table, events in groups:
-                    applier = self._applier(table)
-                    try:
-                        staged.append((table, events, applier, applier.stage(conn, events)))
-                    except psycopg.Error as exc:
-                        raise translate(exc, f"applying changes to {table}", events) from exc
-                self._check(conn, staged, batch.events)
-                for table, _, _, part in staged:
-                    _add(self._open_stats, part.stats)
-                    deferred.extend(part.writes)
-                    if part.stale:
-                        self._open_stale += part.stale
-                        self._log.debug(
-                            "refused stale changes", table=str(table), events=part.stale
-                        )
+                deferred = self._stage_all(conn, batch.events)
             self._open_transactions += batch.transactions
             # The upserts and deletes share the checkpoint's round trip, so its span has them.
             with step("checkpoint"):
                 if batch.commit is not None:
-                    position = batch.commit.position
-                    if isinstance(position, KafkaPosition) and position.offsets:
-                        deferred.append(offsets_statement(pipeline, position))
-                    # Last: every consumer of a Kafka group updates this row (see the docstring).
-                    deferred.append(
-                        checkpoint_statement(
-                            pipeline,
-                            position,
-                            commit_ts=batch.commit.commit_ts,
-                            transactions=self._open_transactions,
-                            stats=self._open_stats,
-                        )
-                    )
+                    deferred.extend(self._bookkeeping(batch, pipeline))
+                elif saved is not None:
+                    deferred.append(sql.SQL("RELEASE SAVEPOINT replicator_batch"))
                 if deferred:
                     self._execute(conn, deferred, "applying", batch.events)
                 if batch.commit is None:
                     return None
                 failpoints.fail("sink.before_commit")
                 conn.commit()
+        except SinkError as exc:
+            if exc.rejected and saved is not None:
+                self._back_to(conn, saved)
+            else:
+                self._abort()
+            raise
         except psycopg.Error as exc:
             self._abort()
-            raise translate(exc, "committing") from exc
+            error = translate(exc, "committing")
+            # A deferred constraint refused the COMMIT: the transaction is gone, and
+            # isolating rows needs it, so this one stops the pipeline with its message.
+            error.rejected = False
+            raise error from exc
         except BaseException:
             self._abort()
             raise
         self.stale_events += self._open_stale
         self._end_transaction()
         return batch.commit.position
+
+    def isolate(
+        self,
+        events: list[ChangeEvent],
+        screen: Callable[[list[ChangeEvent]], list[ChangeEvent]],
+        reject: Callable[[ChangeEvent, SinkError], None],
+    ) -> None:
+        """Apply what the target takes of ``events`` in the open transaction (see
+        :meth:`Sink.isolate`), halving refused groups under savepoints down to the events
+        refused: about twice the work of the batch, plus two round trips per halving."""
+        conn = self._connection()
+        self._in_transaction = True
+        self._isolate(conn, events, screen, reject)
+
+    def _isolate(
+        self,
+        conn: psycopg.Connection[Any],
+        events: list[ChangeEvent],
+        screen: Callable[[list[ChangeEvent]], list[ChangeEvent]],
+        reject: Callable[[ChangeEvent, SinkError], None],
+    ) -> None:
+        events = screen(events)
+        if not events:
+            return
+        saved = self._savepoint(conn)
+        try:
+            writes = self._stage_all(conn, events)
+            writes.append(sql.SQL("RELEASE SAVEPOINT replicator_batch"))
+            self._execute(conn, writes, "applying", events)
+        except SinkError as exc:
+            if not exc.rejected:
+                self._abort()
+                raise
+            self._back_to(conn, saved)
+            if len(events) == 1:
+                reject(events[0], exc)
+                return
+            middle = len(events) // 2
+            self._isolate(conn, events[:middle], screen, reject)
+            self._isolate(conn, events[middle:], screen, reject)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _stage_all(self, conn: psycopg.Connection[Any], events: list[ChangeEvent]) -> list[Any]:
+        """Stage and check every table's events; the writes still to send (counted)."""
+        staged: list[tuple[TableId, list[ChangeEvent], Applier, Staged]] = []
+        # Statements that need no answer travel together in one round trip at the end.
+        deferred: list[sql.Composable] = []
+        groups = _group_by_table(events)
+        if self._guarded:
+            # One table order for every consumer: row locks are never taken crosswise.
+            groups.sort(key=lambda group: group[0])
+        for table, table_events in groups:
+            applier = self._applier(table)
+            try:
+                staged.append((table, table_events, applier, applier.stage(conn, table_events)))
+            except psycopg.Error as exc:
+                raise translate(exc, f"applying changes to {table}", table_events) from exc
+        self._check(conn, staged, events)
+        for table, _, _, part in staged:
+            _add(self._open_stats, part.stats)
+            deferred.extend(part.writes)
+            if part.stale:
+                self._open_stale += part.stale
+                self._log.debug("refused stale changes", table=str(table), events=part.stale)
+        return deferred
+
+    def _bookkeeping(self, batch: Batch, pipeline: str) -> list[sql.Composable]:
+        """The statements that commit with the batch: DLQ entries, Kafka offsets, checkpoint."""
+        assert batch.commit is not None
+        statements: list[sql.Composable] = []
+        if batch.dead_letters:
+            statements.append(dlq_table.insert_statement(batch.dead_letters))
+        if batch.resolved:
+            statements.append(dlq_table.resolve_statement(pipeline, batch.resolved))
+        position = batch.commit.position
+        if isinstance(position, KafkaPosition) and position.offsets:
+            statements.append(offsets_statement(pipeline, position))
+        # Last: every consumer of a Kafka group updates this row (see the docstring).
+        statements.append(
+            checkpoint_statement(
+                pipeline,
+                position,
+                commit_ts=batch.commit.commit_ts,
+                transactions=self._open_transactions,
+                stats=self._open_stats,
+            )
+        )
+        return statements
+
+    def _savepoint(self, conn: psycopg.Connection[Any]) -> _Saved:
+        """Mark where a refused batch rolls back to, with the counters to restore."""
+        try:
+            conn.execute("SAVEPOINT replicator_batch")
+        except psycopg.Error as exc:
+            self._abort()
+            raise translate(exc, "opening a savepoint") from exc
+        stats = self._open_stats
+        return _Saved(
+            ApplyStats(stats.inserted, stats.updated, stats.deleted, stats.truncated),
+            self._open_transactions,
+            self._open_stale,
+            set(self._appliers),
+        )
+
+    def _back_to(self, conn: psycopg.Connection[Any], saved: _Saved) -> None:
+        """Undo everything since the savepoint; the transaction stays open."""
+        try:
+            conn.execute("ROLLBACK TO SAVEPOINT replicator_batch")
+            conn.execute("RELEASE SAVEPOINT replicator_batch")
+        except psycopg.Error as exc:
+            self._abort()
+            raise translate(exc, "rolling back to a savepoint") from exc
+        self._open_stats = saved.stats
+        self._open_transactions = saved.transactions
+        self._open_stale = saved.stale
+        for table in [t for t in self._appliers if t not in saved.appliers]:
+            del self._appliers[table]  # its table or staging may be rolled back with it
+        for applier in self._appliers.values():
+            applier.rolled_back()
 
     def _check(
         self,
@@ -382,6 +490,16 @@ class PostgresSink(Sink):
         # Staging tables (and target tables) created in the rolled-back transaction are gone:
         # appliers are rebuilt, with their tables re-checked, on next use.
         self._appliers.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    """What a savepoint restores besides the data."""
+
+    stats: ApplyStats
+    transactions: int
+    stale: int
+    appliers: set[TableId]
 
 
 def _group_by_table(events: Sequence[ChangeEvent]) -> list[tuple[TableId, list[ChangeEvent]]]:

@@ -40,6 +40,11 @@ class ReplicationConnection:
             )
         self._streaming = False
 
+    @property
+    def backend_pid(self) -> int:
+        """The process id of this connection's walsender on the server."""
+        return int(self._pg.backend_pid)
+
     # --- commands -------------------------------------------------------------------------
 
     def command(self, command: str) -> list[tuple[str | None, ...]]:

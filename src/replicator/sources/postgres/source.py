@@ -36,6 +36,12 @@ from replicator.sources.postgres.values import PgType
 
 _SLOT_BUSY_WAIT = 15.0  # a killed engine's walsender needs a moment to notice and exit
 
+# The walsender of the replication connection each slot's pipeline closed last, by slot. A
+# connection given up on (stalled on a dead network path, see ``stall_timeout_s``) leaves a
+# walsender that holds the slot until its ``wal_sender_timeout`` fires; the pipeline's next
+# attempt in this process terminates it instead of waiting for it (or giving up).
+_closed_walsenders: dict[str, int] = {}
+
 
 class PostgresSource(Source):
     """Streams committed changes of the selected tables from a PostgreSQL database."""
@@ -241,6 +247,7 @@ class PostgresSource(Source):
             self._reader.stop()
             self._reader = None
         if self._repl is not None:
+            _closed_walsenders[self._slot] = self._repl.backend_pid
             self._repl.close()
             self._repl = None
         if self._catalog is not None:
@@ -306,7 +313,11 @@ class PostgresSource(Source):
         while True:
             info = catalog.slot_info(conn, self._slot)
             if info is None or not info.active:
+                _closed_walsenders.pop(self._slot, None)
                 return info
+            pid = info.active_pid
+            if pid is not None and pid == _closed_walsenders.get(self._slot):
+                self._terminate_own_walsender(conn, pid)
             if time.monotonic() > deadline:
                 raise SourceError(
                     f"replication slot {self._slot} is in use by server process "
@@ -315,6 +326,32 @@ class PostgresSource(Source):
                     f"{info.active_pid}); if it is a leftover",
                 )
             time.sleep(0.5)
+
+    def _terminate_own_walsender(self, conn: psycopg.Connection[Any], pid: int) -> None:
+        """End the walsender of a replication connection this process closed, which still
+        holds the slot (its network path died, so it never heard us leave)."""
+        _closed_walsenders.pop(self._slot, None)
+        try:
+            row = conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = %s AND backend_type = 'walsender'",
+                (pid,),
+            ).fetchone()
+        except psycopg.Error as exc:
+            # Not allowed (another role's process?): wait for wal_sender_timeout instead.
+            self._log.warning(
+                "cannot end the walsender a lost replication connection left on the slot",
+                slot=self._slot,
+                pid=pid,
+                error=redact(str(exc).strip()),
+            )
+            return
+        if row and row[0]:
+            self._log.warning(
+                "ended the walsender a lost replication connection left on the slot",
+                slot=self._slot,
+                pid=pid,
+            )
 
     def _lookup_type(self, oid: int) -> PgType:
         known = self._types.get(oid)
