@@ -465,6 +465,48 @@ class RetryConfig(_Model):
         return self
 
 
+class RangeRule(_Model):
+    """Allowed values of a numeric column: at least ``min``, at most ``max``."""
+
+    min: float | int | None = None
+    max: float | int | None = None
+
+    @model_validator(mode="after")
+    def _bounded(self) -> RangeRule:
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min must not exceed max")
+        return self
+
+
+class ValidationRule(_Model):
+    """Checks the new row of every insert and update of the matching tables; a change that
+    fails goes to the dead-letter queue with the rule it broke."""
+
+    tables: Annotated[list[str], Field(min_length=1)]
+    required: list[str] = []  # columns that must not be NULL
+    max_length: dict[str, Annotated[int, Field(ge=0)]] = {}  # characters (bytes for bytea)
+    ranges: dict[str, RangeRule] = {}
+    patterns: dict[str, str] = {}  # the whole text value must match (Python re syntax)
+
+    @field_validator("patterns")
+    @classmethod
+    def _compiles(cls, patterns: dict[str, str]) -> dict[str, str]:
+        for column, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"patterns.{column}: not a regular expression: {exc}") from None
+        return patterns
+
+    @model_validator(mode="after")
+    def _checks_something(self) -> ValidationRule:
+        if not (self.required or self.max_length or self.ranges or self.patterns):
+            raise ValueError("a rule needs required, max_length, ranges or patterns")
+        return self
+
+
 class DeadLetterConfig(_Model):
     """Where events the target will not take go, and what happens to their key meanwhile."""
 
@@ -492,6 +534,10 @@ class PipelineConfig(_Model):
     batch: BatchConfig = BatchConfig()
     retry: RetryConfig = RetryConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
+    validation: list[ValidationRule] = []
+    # Dead-lettered changes and faults per minute at which the pipeline reports itself
+    # degraded (in readiness, the API and replicator_pipeline_degraded); 0: never.
+    degraded_errors_per_minute: Annotated[float, Field(ge=0)] = 0.0
     sync_sequences_interval_s: Annotated[float, Field(ge=0, le=86400)] = 0.0
 
     @field_validator("name")

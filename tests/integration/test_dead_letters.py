@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from tests.apiclient import Instance, free_port, metric
 from tests.support import (
     assert_same_rows,
     connect,
@@ -89,3 +90,77 @@ def test_a_refused_row_is_dead_lettered_its_key_held_and_replayed_after_the_fix(
         assert statuses == {"replayed"}
     finally:
         reap(engine)
+
+
+def test_validation_rules_dead_letter_with_the_rule_and_degrade_the_pipeline(
+    source_dsn, target_dsn, tmp_path
+):
+    """Each kind of rule refuses a change with its name and what was wrong; good changes
+    and other keys go on; over the error-rate threshold the pipeline says it is degraded
+    (readiness, API, metric), and a discard is recorded with who and why."""
+    execute(source_dsn, SCHEMA)
+    port = free_port()
+    config = write_config(
+        tmp_path / "replicator.yaml",
+        pipeline_dict(
+            "rules",
+            source_dsn,
+            target_dsn,
+            validation=[
+                {
+                    "tables": ["public.items"],
+                    "required": ["note"],
+                    "max_length": {"note": 8},
+                    "ranges": {"n": {"min": 0, "max": 1000}},
+                    "patterns": {"note": "[a-z ]+"},
+                }
+            ],
+            degraded_errors_per_minute=3,
+        ),
+        api={"listen": f"127.0.0.1:{port}", "token_env": "REPLICATOR_API_TOKEN"},
+    )
+    instance = Instance(config, port, tmp_path / "replicator.log")
+    try:
+        instance.wait_state("rules", "streaming")
+        bad = {
+            1: (1, None),  # required
+            2: (2, "far too long"),  # max_length
+            3: (5000, "ok"),  # range
+            4: (4, "UPPER"),  # pattern
+        }
+        with connect(source_dsn) as conn:
+            for i, (n, note) in bad.items():
+                conn.execute("INSERT INTO items VALUES (%s, %s, %s)", (i, n, note))
+            conn.execute("INSERT INTO items VALUES (5, 5, 'fine')")
+            conn.execute("UPDATE items SET n = 3, note = 'now fine' WHERE id = 3")  # held
+        wait_for(lambda: len(_dlq(config)) == 5, 30, "the dead-letter entries")
+        entries = {(e["key"]["id"], e["kind"]): e for e in _dlq(config)}
+        assert entries[("1", "invalid")]["rule"] == "public.items.note required"
+        assert entries[("2", "invalid")]["rule"] == "public.items.note max_length 8"
+        assert "is 12 long" in entries[("2", "invalid")]["error"]
+        assert entries[("3", "invalid")]["rule"] == "public.items.n range [0, 1000]"
+        assert entries[("4", "invalid")]["rule"].startswith("public.items.note pattern")
+        assert ("3", "held") in entries
+        assert table_rows(target_dsn, "items") == ["(5,5,fine)"]
+        view = instance.pipeline("rules")
+        assert view["dead_letters_open"] == 5 and view["degraded"].startswith("degraded: ")
+        ready = instance.get("/health/ready").json()["pipelines"]["rules"]
+        assert ready["ready"] and "dead-letter queue" in ready["warning"]
+        metrics = instance.get("/metrics").body.decode()
+        assert metric(metrics, "replicator_pipeline_degraded", pipeline="rules") == 1
+        assert metric(metrics, "replicator_dlq_open_entries", pipeline="rules") == 5
+        assert (
+            metric(metrics, "replicator_dead_lettered_total", pipeline="rules", kind="invalid") == 4
+        )
+
+        ids = [str(e["id"]) for e in _dlq(config) if e["key"]["id"] in ("1", "2", "4")]
+        done = run_cli(
+            "dlq", "discard", "-c", str(config), *ids, "--by", "ops-alice", "--note", "junk"
+        )
+        assert done.returncode == 0 and "discarded 3 entries" in done.stdout
+        gone = _dlq(config, "--status", "discarded")
+        assert {e["resolved_by"] for e in gone} == {"ops-alice"}
+        assert {e["note"] for e in gone} == {"junk"} and all(e["resolved_at"] for e in gone)
+        assert len(_dlq(config)) == 2  # key 3 still waits
+    finally:
+        instance.kill()

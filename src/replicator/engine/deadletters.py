@@ -35,6 +35,7 @@ from replicator.dlq.entry import (
 from replicator.dlq.store import DeadLetterStore
 from replicator.errors import SinkError
 from replicator.events import ChangeEvent, TableId, TableSchema
+from replicator.observability import errorlog
 from replicator.observability.logging import get_logger
 from replicator.observability.metrics import DEAD_LETTERED, DLQ_OPEN
 
@@ -190,6 +191,7 @@ class DeadLetterQueue:
         new = [e for e in entries if e.entry_key not in self._replaying]
         for entry in new:
             self._counters[entry.kind].inc()
+        errorlog.dead_lettered(self._name, sum(1 for e in new if e.kind != HELD))
         resolved = self._stored_resolved + self.resolved
         closed = sum(1 for r in resolved if r.status in (REPLAYED, SUPERSEDED))
         self.open_count = max(0, self.open_count + len(new) - closed)

@@ -40,6 +40,7 @@ from replicator.engine.deadletters import DeadLetterQueue
 from replicator.engine.progress import RateWindow
 from replicator.engine.recovery import is_transient
 from replicator.engine.snapshot import SnapshotRound, Stopped
+from replicator.engine.validation import Validator
 from replicator.errors import PreflightError, ReplicatorError, SchemaMismatchError, SinkError
 from replicator.events import ChangeEvent, Heartbeat, Op, Position, TableId, TableSchema, TxCommit
 from replicator.observability import errorlog, tracing
@@ -121,6 +122,7 @@ class Pipeline:
         self.on_working: Callable[[], None] | None = None
         """Called once, when the pipeline first streams or commits."""
         self._dlq = DeadLetterQueue(config, dead_letters) if dead_letters is not None else None
+        self._validator = Validator(config.validation)
         self._last_dlq_check = 0.0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -484,8 +486,8 @@ class Pipeline:
         ):
             failpoints.fail("pipeline.before_apply")
             dlq = self._dlq
-            if dlq is not None and dlq.active:
-                events = dlq.screen(events)
+            if dlq is not None:
+                events = self._admit(events, dlq)
             durable = self._apply_isolating(
                 Batch(events=events, commit=commit, transactions=self._transactions)
             )
@@ -523,6 +525,21 @@ class Pipeline:
         self._oldest = time.monotonic() if rest else 0.0
         if rest:
             self._read_started_ns = time.time_ns()
+
+    def _admit(self, events: list[ChangeEvent], dlq: DeadLetterQueue) -> list[ChangeEvent]:
+        """The events to apply: those breaking a validation rule, and those of held keys,
+        go to the dead-letter queue instead."""
+        validator = self._validator
+        if validator:
+            kept = []
+            for event in events:
+                problem = validator.problem(event)
+                if problem is None:
+                    kept.append(event)
+                else:
+                    dlq.invalid(event, *problem)
+            events = kept
+        return dlq.screen(events) if dlq.active else events
 
     def _apply_isolating(self, batch: Batch) -> Position | None:
         """Apply a batch; when the target refuses some of its changes, apply the rest and
@@ -640,8 +657,8 @@ class Pipeline:
         assert self._last_commit is None
         events = self._pending
         dlq = self._dlq
-        if dlq is not None and dlq.active:
-            events = dlq.screen(events)
+        if dlq is not None:
+            events = self._admit(events, dlq)
         self._apply_isolating(Batch(events=events, commit=None))
         if dlq is not None:
             events = dlq.applied(events)

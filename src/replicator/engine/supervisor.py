@@ -36,6 +36,7 @@ from replicator.observability import errorlog, tracing
 from replicator.observability.logging import get_logger
 from replicator.observability.metrics import (
     CONSUMER_LAG,
+    DEGRADED,
     RELOADS,
     SNAPSHOT_COPIED,
     SNAPSHOT_REMAINING,
@@ -234,13 +235,30 @@ class Runner:
         return not self.alive
 
     def warning(self) -> str | None:
-        """Something an operator should look at although the pipeline works."""
+        """Something an operator should look at although the pipeline works: it is
+        degraded (errors over the threshold), or changes wait in its dead-letter queue."""
+        found = []
+        degraded = self.degraded()
+        if degraded is not None:
+            found.append(degraded)
         p = self.pipeline
         waiting = p.dead_letters_open if p is not None else 0
         if waiting >= self.config.dead_letter.warn_at:
-            return (
+            found.append(
                 f"{waiting} change(s) in the dead-letter queue, their keys held: inspect with "
                 f"replicator dlq list -c FILE -p {self.name}, then replay or discard"
+            )
+        return "; ".join(found) or None
+
+    def degraded(self) -> str | None:
+        """Why the pipeline is degraded (see ``degraded_errors_per_minute``), or None."""
+        limit = self.config.degraded_errors_per_minute
+        rate = errorlog.per_minute(self.name) if limit else 0.0
+        DEGRADED.labels(self.name).set(1 if limit and rate >= limit else 0)
+        if limit and rate >= limit:
+            return (
+                f"degraded: {rate:.0f} errors and dead-lettered changes in the last minute "
+                f"(degraded_errors_per_minute: {limit:g})"
             )
         return None
 
@@ -293,6 +311,7 @@ class Runner:
             "paused_at": _iso(p.paused_at) if p is not None else None,
             "pause_requested": self.pause_requested,
             "dead_letters_open": p.dead_letters_open if p is not None else 0,
+            "degraded": self.degraded(),
             "retry": None
             if self.retry is None
             else {
@@ -538,6 +557,7 @@ class Supervisor:
             while self._retired:
                 self._retired.pop().close()
             for runner in self.runners():
+                runner.degraded()  # keeps its gauge current without the API asking
                 if runner.pipeline is None or runner.state in ("failed", "stopped"):
                     continue
                 found = self._probes.get(runner.name)

@@ -8,6 +8,7 @@ way in: the log may be served to anyone who can read the API.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,8 @@ class ErrorRecord:
 
 _lock = threading.Lock()
 _recent: dict[str, deque[ErrorRecord]] = {}
+_times: dict[str, deque[float]] = {}  # monotonic times of errors and dead-lettered changes
+RATE_WINDOW = 60.0
 
 
 def _describe(error: BaseException) -> str:
@@ -53,10 +56,31 @@ def record(pipeline: str, error: BaseException, *, retried: str | None = None) -
     entry = ErrorRecord(type(error).__name__, redact(_describe(error)), datetime.now(UTC), retried)
     with _lock:
         _recent.setdefault(pipeline, deque(maxlen=KEEP)).append(entry)
+        _times.setdefault(pipeline, deque()).append(time.monotonic())
     ERRORS.labels(pipeline, entry.kind).inc()
     if retried is not None:
         RETRIES.labels(pipeline, retried).inc()
     return entry
+
+
+def dead_lettered(pipeline: str, count: int) -> None:
+    """Count ``count`` changes put in the dead-letter queue towards the error rate."""
+    if count:
+        now = time.monotonic()
+        with _lock:
+            _times.setdefault(pipeline, deque()).extend([now] * count)
+
+
+def per_minute(pipeline: str) -> float:
+    """Errors and dead-lettered changes of the pipeline in the last minute."""
+    cutoff = time.monotonic() - RATE_WINDOW
+    with _lock:
+        times = _times.get(pipeline)
+        if not times:
+            return 0.0
+        while times and times[0] < cutoff:
+            times.popleft()
+        return float(len(times)) * 60.0 / RATE_WINDOW
 
 
 def recent(pipeline: str) -> list[ErrorRecord]:
@@ -69,3 +93,4 @@ def forget(pipeline: str) -> None:
     """Drop a removed pipeline's errors."""
     with _lock:
         _recent.pop(pipeline, None)
+        _times.pop(pipeline, None)

@@ -188,6 +188,12 @@ DEAD_LETTERED = Counter(
     ["pipeline", "kind"],
     registry=REGISTRY,
 )
+DEGRADED = Gauge(
+    "replicator_pipeline_degraded",
+    "1 while errors and dead-lettered changes per minute reach degraded_errors_per_minute.",
+    ["pipeline"],
+    registry=REGISTRY,
+)
 STALE_EVENTS = Counter(
     "replicator_stale_events",
     "Events refused by the staleness guard as older than what the target row reflects.",
@@ -230,6 +236,7 @@ NAMES = frozenset(
         "replicator_dlq_open_entries",
         "replicator_dead_lettered_total",
         "replicator_stale_events_total",
+        "replicator_pipeline_degraded",
         "replicator_config_reloads_total",
     }
 )
@@ -255,6 +262,7 @@ _PER_PIPELINE = (
     DLQ_OPEN,
     DEAD_LETTERED,
     STALE_EVENTS,
+    DEGRADED,
 )
 
 
