@@ -368,6 +368,11 @@ class PostgresSinkConfig(_Model):
 
     type: Literal["postgres"]
     dsn: Dsn
+    # The staleness guard: per key, the source position the target row reflects, so an older
+    # change never overwrites a newer one (deletes included). auto: with a Kafka source,
+    # whose events can arrive late or twice; always: with any source (costs a write per key
+    # per batch). A pipeline with backfill: true has it off.
+    staleness_guard: Literal["auto", "always"] = "auto"
 
 
 class KafkaSinkConfig(_Model):
@@ -535,6 +540,9 @@ class PipelineConfig(_Model):
     retry: RetryConfig = RetryConfig()
     dead_letter: DeadLetterConfig = DeadLetterConfig()
     validation: list[ValidationRule] = []
+    # A deliberate reload of history (e.g. a topic replayed from its start): the staleness
+    # guard is off, so older changes are applied over what the target holds.
+    backfill: bool = False
     # Dead-lettered changes and faults per minute at which the pipeline reports itself
     # degraded (in readiness, the API and replicator_pipeline_degraded); 0: never.
     degraded_errors_per_minute: Annotated[float, Field(ge=0)] = 0.0

@@ -485,3 +485,38 @@ def test_other_sources_use_no_version_tables(make_sink, target_dsn):
         offsets = conn.execute("SELECT count(*) FROM _replicator.kafka_offsets").fetchone()
     assert guard_tables == [] and registered == (0,) and offsets == (0,)
     assert pg_sink.stale_events == 0
+
+
+def test_backfill_turns_the_guard_off_for_a_deliberate_reload(make_sink, target_dsn):
+    """With backfill: true an older change is applied over a newer row, as a reload of
+    history wants, and no version is consulted or written."""
+    guarded = make_sink()
+    guarded.ensure_table(ITEMS)
+    guarded.apply(batch([insert(10, 1, "first"), update(20, 1, "newer")]), PIPELINE)
+    config = kafka_config(target_dsn).model_copy(update={"backfill": True})
+    backfill = make_sink(config)
+    backfill.ensure_table(ITEMS)
+    backfill.apply(batch([update(15, 1, "historical")], {("t", 0): 2}), PIPELINE)
+    assert items(target_dsn) == ["(1,historical,)"]
+    assert versions(target_dsn) == {1: "{1,20,0}"}  # untouched by the reload
+    assert backfill.stale_events == 0
+
+
+def test_the_guard_can_be_asked_for_with_any_source(make_sink, target_dsn):
+    """staleness_guard: always keeps versions for a database source too: a change older
+    than the row (e.g. a dead-letter entry replayed under policy skip) is refused, counted."""
+    config = PipelineConfig.model_validate(
+        {
+            "name": "pg",
+            "source": {"type": "postgres", "dsn": target_dsn, "tables": ["public.*"]},
+            "sink": {"type": "postgres", "dsn": target_dsn, "staleness_guard": "always"},
+        }
+    )
+    pg_sink = make_sink(config)
+    pg_sink.ensure_table(ITEMS)
+    newer = ChangeEvent(Op.INSERT, ITEMS, {"id": 1}, None, row(1, "newer"), PgPosition(300, 0))
+    pg_sink.apply(Batch([newer], TxCommit(PgPosition(400, 0)), 1), "pg")
+    older = ChangeEvent(Op.UPDATE, ITEMS, {"id": 1}, None, row(1, "older"), PgPosition(200, 0))
+    pg_sink.apply(Batch([older], TxCommit(PgPosition(400, 0)), 1), "pg")
+    assert items(target_dsn) == ["(1,newer,)"]
+    assert pg_sink.stale_events == 1

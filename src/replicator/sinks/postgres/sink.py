@@ -44,7 +44,7 @@ from replicator.checkpoints.postgres import (
     offsets_statement,
     remember_table,
 )
-from replicator.config import PipelineConfig
+from replicator.config import PipelineConfig, PostgresSinkConfig
 from replicator.contracts import ApplyStats, Batch, Problem, Severity, Sink, SinkCapabilities
 from replicator.dlq import table as dlq_table
 from replicator.errors import SchemaMismatchError, SinkError
@@ -56,6 +56,7 @@ from replicator.events import (
     quote_ident,
 )
 from replicator.observability.logging import get_logger
+from replicator.observability.metrics import STALE_EVENTS
 from replicator.observability.tracing import step
 from replicator.pgsession import IDENTITY_QUERY
 from replicator.sinks.postgres import ddl
@@ -81,7 +82,11 @@ class PostgresSink(Sink):
         self._open_transactions = 0
         self._log = get_logger(pipeline=pipeline.name, sink="postgres")
         # Consumers of a Kafka group may apply a key's events late or twice (invariant 2).
-        self._guarded = pipeline.source.type == "kafka"
+        sink = pipeline.sink
+        assert isinstance(sink, PostgresSinkConfig)
+        wanted = sink.staleness_guard == "always" or pipeline.source.type == "kafka"
+        self._guarded = wanted and not pipeline.backfill
+        self._stale_counter = STALE_EVENTS.labels(pipeline.name)
         self._unguarded_tables: set[TableId] = set()
         self.stale_events = 0
         """Events refused by the staleness guard as older than the target's rows (in
@@ -285,7 +290,14 @@ class PostgresSink(Sink):
         except BaseException:
             self._abort()
             raise
-        self.stale_events += self._open_stale
+        if self._open_stale:
+            self.stale_events += self._open_stale
+            self._stale_counter.inc(self._open_stale)
+            self._log.info(
+                "refused stale changes: the target already reflects newer ones",
+                events=self._open_stale,
+                checkpoint=str(batch.commit.position),
+            )
         self._end_transaction()
         return batch.commit.position
 
