@@ -516,9 +516,13 @@ class DeadLetterConfig(_Model):
     """Where events the target will not take go, and what happens to their key meanwhile."""
 
     # table: _replicator.dlq in a PostgreSQL target (the default there), written in the same
-    # transaction as the data; jsonl: a file (the default with other sinks).
-    store: Literal["table", "jsonl"] | None = None
+    # transaction as the data; jsonl: a file (the default with other sinks); kafka: a topic.
+    store: Literal["table", "jsonl", "kafka"] | None = None
     path: str | None = None  # jsonl: default <checkpoint dir>/<pipeline>.dlq.jsonl
+    topic: Annotated[str, Field(min_length=1, max_length=249)] | None = None  # kafka
+    # kafka: default the pipeline's own brokers (its Kafka sink's or source's)
+    bootstrap_servers: Annotated[str, Field(min_length=1)] | None = None
+    kafka: KafkaSettings = {}
     # hold_key: later changes to a dead-lettered key wait in the DLQ behind it, so the target
     # never shows a newer version over a missing older one; skip: they are applied.
     policy: Literal["hold_key", "skip"] = "hold_key"
@@ -595,9 +599,28 @@ class PipelineConfig(_Model):
                 "dead_letter.store: table keeps the queue in a PostgreSQL target; with a "
                 f"{self.sink.type} sink use store: jsonl"
             )
-        if self.dead_letter.path is not None and self.dead_letter_store != "jsonl":
+        dlq = self.dead_letter
+        store = self.dead_letter_store
+        if dlq.path is not None and store != "jsonl":
             raise ValueError("dead_letter.path is for store: jsonl")
+        if store != "kafka" and (dlq.topic or dlq.bootstrap_servers or dlq.kafka):
+            raise ValueError("dead_letter.topic, bootstrap_servers and kafka are for store: kafka")
+        if store == "kafka" and self.dead_letter_brokers is None:
+            raise ValueError(
+                "dead_letter.store: kafka needs dead_letter.bootstrap_servers (the pipeline "
+                "has no Kafka of its own to default to)"
+            )
         return self
+
+    @property
+    def dead_letter_brokers(self) -> str | None:
+        """The brokers of a Kafka DLQ: configured, else the pipeline's sink's or source's."""
+        if self.dead_letter.bootstrap_servers:
+            return self.dead_letter.bootstrap_servers
+        for side in (self.sink, self.source):
+            if isinstance(side, KafkaSinkConfig | KafkaSourceConfig):
+                return side.bootstrap_servers
+        return None
 
     @property
     def dead_letter_store(self) -> str:

@@ -164,3 +164,48 @@ def test_validation_rules_dead_letter_with_the_rule_and_degrade_the_pipeline(
         assert len(_dlq(config)) == 2  # key 3 still waits
     finally:
         instance.kill()
+
+
+def test_a_watchers_invalid_changes_go_to_a_kafka_topic_dlq(
+    source_dsn, kafka_broker, kafka_topic_prefix, tmp_path
+):
+    """PostgreSQL → Kafka with a validation rule and the DLQ on a Kafka topic: the invalid
+    change and the one held behind it are in the topic, the others are published; after the
+    rule is relaxed and the watcher restarted, a replay publishes both."""
+    execute(source_dsn, SCHEMA)
+    dlq_topic = f"{kafka_topic_prefix}.dlq"
+    pipeline = {
+        "name": "watch-dlq",
+        "source": {"type": "postgres", "dsn": source_dsn, "tables": ["public.*"]},
+        "sink": {
+            "type": "kafka",
+            "bootstrap_servers": kafka_broker.bootstrap_servers,
+            "topic_prefix": kafka_topic_prefix,
+        },
+        "checkpoint": {"type": "file", "dir": str(tmp_path / "state")},
+        "dead_letter": {"store": "kafka", "topic": dlq_topic},
+        "validation": [{"tables": ["public.items"], "ranges": {"n": {"max": 100}}}],
+    }
+    config = write_config(tmp_path / "replicator.yaml", pipeline)
+    log = tmp_path / "replicator.log"
+    engine = spawn_run(config, log)
+    try:
+        wait_for(lambda: "streaming" in log.read_text(), 60, "the stream")
+        with connect(source_dsn) as conn:
+            conn.execute("INSERT INTO items VALUES (1, 1, 'a'), (2, 500, 'b')")
+            conn.execute("UPDATE items SET n = 50, note = 'b2' WHERE id = 2")
+        wait_for(lambda: len(_dlq(config)) == 2, 60, "the entries in the DLQ topic")
+        held, invalid = _dlq(config)
+        assert invalid["kind"] == "invalid" and invalid["rule"] == "public.items.n range [, 100]"
+        assert held["kind"] == "held" and held["key"] == {"id": "2"}
+
+        relaxed = {**pipeline, "validation": []}
+        write_config(config, relaxed)
+        engine.terminate()
+        assert engine.wait(60) == 0
+        engine = spawn_run(config, log)
+        done = run_cli("dlq", "replay", "-c", str(config), "--all", timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "replayed 2; still open 0" in done.stdout
+    finally:
+        reap(engine)

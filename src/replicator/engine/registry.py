@@ -62,6 +62,15 @@ def make_dead_letter_store(config: PipelineConfig) -> DeadLetterStore:
         from replicator.dlq.table import TableDeadLetterStore
 
         return TableDeadLetterStore(config.target_dsn.secret(), f"replicator:{config.name}"[:63])
+    if config.dead_letter_store == "kafka":
+        from replicator.dlq.kafka import KafkaDeadLetterStore
+
+        brokers = config.dead_letter_brokers
+        assert brokers is not None  # the config's validation insists
+        settings = {**config.dead_letter.kafka, "bootstrap.servers": brokers}
+        return KafkaDeadLetterStore(
+            config.dead_letter.topic or f"replicator.dlq.{config.name}", settings
+        )
     from replicator.dlq.jsonl import JsonlDeadLetterStore
 
     path = config.dead_letter.path
