@@ -200,3 +200,37 @@ def test_kafka_sink_template_and_prefix_are_checked(tmp_path: Path):
     bad = KAFKA.replace("topic_prefix: shop", "topic_prefix: 'sh op'")
     with pytest.raises(ConfigError, match="letters, digits"):
         load_config(write(tmp_path, bad), {})
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("retry: {initial_delay_s: 5, max_delay_s: 1}", "max_delay_s must not be below"),
+        ("retry: {initial_delay_s: 0}", "greater than 0"),
+        ("dead_letter: {store: jsonl, topic: t}", "are for store: kafka"),
+        ("dead_letter: {store: table, path: x.jsonl}", "dead_letter.path is for store: jsonl"),
+        ("dead_letter: {store: kafka}", "needs dead_letter.bootstrap_servers"),
+        ("dead_letter: {policy: drop}", "'hold_key' or 'skip'"),
+        ("validation: [{tables: [public.x]}]", "a rule needs required, max_length"),
+        ("validation: [{tables: [public.x], patterns: {a: '(['}}]", "not a regular expression"),
+        ("validation: [{tables: [public.x], ranges: {a: {}}}]", "give min, max or both"),
+        ("validation: [{tables: [public.x], ranges: {a: {min: 5, max: 1}}}]", "min must not"),
+        ("degraded_errors_per_minute: -1", "greater than or equal to 0"),
+    ],
+)
+def test_fault_handling_mistakes_are_named(tmp_path: Path, extra: str, expected: str):
+    """Retry, dead-letter and validation settings that cannot work are config errors."""
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD + "    " + extra + "\n"), {"SOURCE_PASSWORD": "x"})
+    assert expected in str(err.value) and err.value.exit_code == 2
+
+
+def test_fault_handling_defaults(tmp_path: Path):
+    """Retries never give up, the DLQ is a table in a PostgreSQL target holding keys, and a
+    SIGTERM waits 30 s."""
+    config = load_config(write(tmp_path, GOOD), {"SOURCE_PASSWORD": "x"})
+    pipeline = config.pipelines[0]
+    assert pipeline.retry.give_up_after_s == 0 and pipeline.retry.max_delay_s == 30
+    assert pipeline.dead_letter_store == "table" and pipeline.dead_letter.policy == "hold_key"
+    assert not pipeline.backfill and config.shutdown_timeout_s == 30
+    assert load_config(write(tmp_path, KAFKA), {}).pipelines[0].dead_letter_store == "jsonl"
