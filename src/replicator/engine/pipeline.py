@@ -119,8 +119,11 @@ class Pipeline:
         self._applied_lag = 0.0  # end-to-end lag of the last commit
         self._read_started_ns = 0  # wall clock of the oldest pending change, for tracing
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # once: flushes are hot
-        self.on_working: Callable[[], None] | None = None
-        """Called once, when the pipeline first streams or commits."""
+        self.on_working: Callable[[bool], None] | None = None
+        """Called when the pipeline starts streaming (False), and at its first commit (True)."""
+        self._told_streaming = False
+        self._told_committed = False
+        self.streaming_since: float | None = None  # monotonic time streaming began
         self._dlq = DeadLetterQueue(config, dead_letters) if dead_letters is not None else None
         self._validator = Validator(config.validation)
         self._last_dlq_check = 0.0
@@ -304,14 +307,11 @@ class Pipeline:
         self.state = phase
         self.metrics.state(phase)
         self._store.report(self.name, phase, started=started)
-        if phase == "streaming":
-            self._working()
-
-    def _working(self) -> None:
-        """Tell the supervisor, once, that the pipeline works (a fault it retried is over)."""
-        callback, self.on_working = self.on_working, None
-        if callback is not None:
-            callback()
+        if phase == "streaming" and not self._told_streaming:
+            self._told_streaming = True
+            self.streaming_since = time.monotonic()
+            if self.on_working is not None:
+                self.on_working(False)
 
     def report_state(self, phase: str, error: str | None = None) -> None:
         """Enter ``phase`` where operators see it, never failing (it is informational)."""
@@ -506,8 +506,10 @@ class Pipeline:
                     seconds=round(time.monotonic() - started, 4),
                 )
         self._durable = durable
-        if self.on_working is not None:
-            self._working()
+        if not self._told_committed:
+            self._told_committed = True
+            if self.on_working is not None:
+                self.on_working(True)
         if dlq is not None:
             events = dlq.applied(events)
             dlq.committed()

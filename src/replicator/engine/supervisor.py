@@ -49,6 +49,8 @@ from replicator.observability.redaction import configure_redaction, redact
 POLL_INTERVAL = 5.0  # seconds between measurements of the source side
 STOP_TIMEOUT = 60.0  # seconds a stopping pipeline gets to finish its batch
 _READY_STATES = ("snapshotting", "streaming", "paused")
+# A pipeline that streamed this long before failing starts its retry delays over.
+_HEALTHY_AFTER = 60.0
 
 
 class NoSuchPipeline(ReplicatorError):
@@ -115,7 +117,7 @@ class Runner:
                 pipeline = make_pipeline(self.config, self.stop)
                 if self._pause_early:
                     pipeline.pause()
-                pipeline.on_working = lambda: self._working(backoff, metrics)
+                pipeline.on_working = lambda committed: self._working(committed, backoff, metrics)
                 self.pipeline = pipeline
                 try:
                     pipeline.run()
@@ -134,14 +136,17 @@ class Runner:
         finally:
             self._on_exit(self)
 
-    def _working(self, backoff: Backoff, metrics: PipelineMetrics) -> None:
-        """The pipeline streams or committed: its fault is over."""
-        if backoff.attempt:
-            self._log.info("recovered", attempts=backoff.attempt)
-        backoff.succeeded()
-        self._breaker.success()
-        self.retry = None
-        metrics.retrying(0, 0.0)
+    def _working(self, committed: bool, backoff: Backoff, metrics: PipelineMetrics) -> None:
+        """The pipeline streams again (its source and target answer), or committed again:
+        only a commit proves the fault over, so only then do delays start from the first."""
+        if not committed:
+            if self.retry is not None:
+                self._log.info("recovered", attempts=backoff.attempt)
+            self._breaker.success()
+            self.retry = None
+            metrics.retrying(0, 0.0)
+        else:
+            backoff.succeeded()
 
     def _failed_transiently(
         self,
@@ -150,6 +155,9 @@ class Runner:
         metrics: PipelineMetrics,
         pipeline: Pipeline,
     ) -> None:
+        since = pipeline.streaming_since
+        if since is not None and time.monotonic() - since >= _HEALTHY_AFTER:
+            backoff.succeeded()  # it streamed for a while (idle pipelines never commit)
         delay = backoff.failed()
         if delay is None:
             pipeline.report_state("failed", error=str(error))
