@@ -209,3 +209,35 @@ def test_a_watchers_invalid_changes_go_to_a_kafka_topic_dlq(
         assert "replayed 2; still open 0" in done.stdout
     finally:
         reap(engine)
+
+
+def test_policy_skip_applies_later_changes_and_marks_the_entry_superseded(
+    source_dsn, target_dsn, tmp_path
+):
+    """With dead_letter.policy: skip a later change to a refused key is applied, and the
+    refused entry is closed as superseded by it (so a replay cannot put the old one back)."""
+    execute(source_dsn, SCHEMA)
+    config = write_config(
+        tmp_path / "replicator.yaml",
+        pipeline_dict(
+            "skip",
+            source_dsn,
+            target_dsn,
+            dead_letter={"store": "jsonl", "path": str(tmp_path / "dlq.jsonl"), "policy": "skip"},
+        ),
+    )
+    log = tmp_path / "replicator.log"
+    engine = spawn_run(config, log)
+    try:
+        wait_for(lambda: "streaming" in log.read_text(), 60, "the stream")
+        execute(target_dsn, "ALTER TABLE items ADD CONSTRAINT items_n_check CHECK (n < 1000)")
+        execute(source_dsn, "INSERT INTO items VALUES (1, 5000, 'bad'), (2, 2, 'ok')")
+        wait_for(lambda: len(_dlq(config)) == 1, 30, "the refused row's entry")
+        execute(source_dsn, "UPDATE items SET n = 1, note = 'good now' WHERE id = 1")
+        wait_caught_up(source_dsn, target_dsn, "skip")
+        assert_same_rows(source_dsn, target_dsn, "items")
+        assert _dlq(config) == []
+        (closed,) = _dlq(config, "--status", "superseded")
+        assert closed["key"] == {"id": "1"} and "policy skip" in closed["note"]
+    finally:
+        reap(engine)
