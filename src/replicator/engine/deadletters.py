@@ -15,9 +15,9 @@ next clean point, with every open entry of the same keys behind them, in source 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from replicator.config import PipelineConfig
+from replicator.contracts import Batch, Sink, Source
 from replicator.dlq.entry import (
     HELD,
     INVALID,
@@ -33,14 +33,11 @@ from replicator.dlq.entry import (
     replay_event,
 )
 from replicator.dlq.store import DeadLetterStore
-from replicator.errors import SinkError
-from replicator.events import ChangeEvent, TableId, TableSchema
+from replicator.errors import ReplicatorError, SinkError
+from replicator.events import ChangeEvent, Position, TableId, TableSchema, TxCommit
 from replicator.observability import errorlog
 from replicator.observability.logging import get_logger
 from replicator.observability.metrics import DEAD_LETTERED, DLQ_OPEN
-
-if TYPE_CHECKING:
-    from replicator.contracts import Batch
 
 
 class DeadLetterQueue:
@@ -48,9 +45,10 @@ class DeadLetterQueue:
 
     def __init__(self, config: PipelineConfig, store: DeadLetterStore) -> None:
         self.store = store
+        self.pipeline = config.name
         self._name = config.name
         self._hold = config.dead_letter.policy == "hold_key"
-        self._log = get_logger(pipeline=config.name)
+        self.log = get_logger(pipeline=config.name)
         # Key → the entry holding it (hold_key), or the entries it may supersede (skip).
         self._held: dict[KeyId, str] = {}
         self._skipped: dict[KeyId, list[str]] = {}
@@ -133,7 +131,7 @@ class DeadLetterQueue:
             sqlstate=error.sqlstate or None,
             attempts=2,  # with its batch, then alone
         )
-        self._log.warning(
+        self.log.warning(
             "the target refused a change: dead-lettered",
             table=str(event.table),
             position=str(event.position),
@@ -145,7 +143,7 @@ class DeadLetterQueue:
     def invalid(self, event: ChangeEvent, rule: str, message: str) -> None:
         """A validation rule refused ``event``: dead-letter it, hold its key."""
         entry = dead_letter(self._name, event, INVALID, message, rule=rule, attempts=1)
-        self._log.warning(
+        self.log.warning(
             "a change failed a validation rule: dead-lettered",
             table=str(event.table),
             position=str(event.position),
@@ -243,3 +241,70 @@ class DeadLetterQueue:
         for event in applied:
             key = dead_letter(self._name, event, HELD, "").entry_key
             self.resolved.append(Resolution(key, REPLAYED))
+
+
+def replay(
+    dlq: DeadLetterQueue,
+    sink: Sink,
+    source: Source,
+    schemas: dict[TableId, TableSchema],
+    durable: Position,
+) -> list[ChangeEvent]:
+    """Apply the entries asked to be replayed, in one target transaction that rewrites the
+    checkpoint where it is; the events applied (the others stay open, with their error)."""
+    try:
+        events = dlq.replay_batch(lambda table: _schema(table, sink, source, schemas))
+    except ReplicatorError as exc:
+        dlq.log.warning("could not read the dead-letter entries to replay", error=exc.message)
+        return []
+    if not events:
+        return []
+    events = [e for e in events if _replayable(e, dlq)]
+    commit = TxCommit(durable, None)
+    if sink.capabilities.isolates_rejects:
+        sink.isolate(events, dlq.screen, dlq.reject)
+        applied = dlq.applied(events)
+        batch = Batch(events=[], commit=commit)
+    else:
+        applied = dlq.applied(dlq.screen(events))
+        batch = Batch(events=applied, commit=commit)
+    dlq.replayed(applied)
+    dlq.attach(batch)
+    sink.apply(batch, dlq.pipeline)
+    dlq.committed()
+    dlq.log.info(
+        "replayed dead-letter entries", applied=len(applied), refused=len(events) - len(applied)
+    )
+    return applied
+
+
+def _schema(
+    table: TableId, sink: Sink, source: Source, schemas: dict[TableId, TableSchema]
+) -> TableSchema | None:
+    """The table's definition to replay its entries with: the stream's current one."""
+    known = schemas.get(table)
+    if known is None:
+        found = source.describe([table]).get(table)
+        if found is not None:
+            sink.ensure_table(found)
+            schemas[table] = known = found
+    return known
+
+
+def _replayable(event: ChangeEvent, dlq: DeadLetterQueue) -> bool:
+    """Whether the entry's event has a value for every column its table has now."""
+    rows = (event.after, event.before if not event.schema.key else None)
+    missing = {
+        c for row in rows if row is not None for c in event.schema.column_names if c not in row
+    }
+    if not missing:
+        return True
+    dlq.reject(
+        event,
+        SinkError(
+            f"cannot replay: {event.table} has columns the entry's event lacks "
+            f"({', '.join(sorted(missing))}); the table changed since",
+            fix="apply the change by hand, then discard the entry",
+        ),
+    )
+    return False

@@ -36,7 +36,7 @@ from replicator import failpoints
 from replicator.config import PipelineConfig
 from replicator.contracts import Batch, Checkpoint, CheckpointStore, Problem, Severity, Sink, Source
 from replicator.dlq.store import DeadLetterStore
-from replicator.engine.deadletters import DeadLetterQueue
+from replicator.engine.deadletters import DeadLetterQueue, replay
 from replicator.engine.progress import RateWindow
 from replicator.engine.recovery import is_transient
 from replicator.engine.snapshot import SnapshotRound, Stopped
@@ -567,63 +567,11 @@ class Pipeline:
 
     def _replay(self) -> None:
         """Apply the dead-letter entries an operator asked to replay (at a clean point)."""
-        dlq = self._dlq
-        assert dlq is not None and self._durable is not None
-        try:
-            events = dlq.replay_batch(self._replay_schema)
-        except ReplicatorError as exc:
-            self._log.warning("could not read the dead-letter entries to replay", error=exc.message)
-            return
-        if not events:
-            return
-        events = [e for e in events if self._replayable(e, dlq)]
-        commit = TxCommit(self._durable, None)
-        if self._sink.capabilities.isolates_rejects:
-            self._sink.isolate(events, dlq.screen, dlq.reject)
-            applied = dlq.applied(events)
-            dlq.replayed(applied)
-            batch = Batch(events=[], commit=commit)
-        else:
-            applied = dlq.applied(dlq.screen(events))
-            dlq.replayed(applied)
-            batch = Batch(events=applied, commit=commit)
-        dlq.attach(batch)
-        self._sink.apply(batch, self.name)
-        refused = len(events) - len(applied)
-        dlq.committed()
-        self._count(Counter((e.table, e.op) for e in applied), commit, 0.0)
-        self._log.info("replayed dead-letter entries", applied=len(applied), refused=refused)
-
-    def _replay_schema(self, table: TableId) -> TableSchema | None:
-        """The table's definition to replay its entries with: the stream's current one."""
-        known = self._schemas.get(table)
-        if known is None:
-            found = self._source.describe([table]).get(table)
-            if found is not None:
-                self._sink.ensure_table(found)
-                self._schemas[table] = known = found
-        return known
-
-    def _replayable(self, event: ChangeEvent, dlq: DeadLetterQueue) -> bool:
-        """Whether the entry's event has a value for every column its table has now."""
-        missing = [
-            c
-            for row in (event.after, event.before if not event.schema.key else None)
-            if row is not None
-            for c in event.schema.column_names
-            if c not in row
-        ]
-        if not missing:
-            return True
-        dlq.reject(
-            event,
-            SinkError(
-                f"cannot replay: {event.table} has columns the entry's event lacks "
-                f"({', '.join(sorted(set(missing)))}); the table changed since",
-                fix="apply the change by hand, then discard the entry",
-            ),
-        )
-        return False
+        assert self._dlq is not None and self._durable is not None
+        applied = replay(self._dlq, self._sink, self._source, self._schemas, self._durable)
+        if applied:
+            tally = Counter((e.table, e.op) for e in applied)
+            self._count(tally, TxCommit(self._durable, None), 0.0)
 
     def _apply(self, batch: Batch) -> Position | None:
         """Apply a batch; a deadlock or serialization failure on the target (another writer
