@@ -366,7 +366,15 @@ def test_dashboard_variables_select_datasource_and_pipelines() -> None:
 
 
 # The replicator families without a pipeline label.
-_UNLABELLED = frozenset({"replicator_build_info", "replicator_config_reloads_total"})
+# Process-wide series, and the circuit breaker's, which is per target (shared by pipelines).
+_UNLABELLED = frozenset(
+    {
+        "replicator_build_info",
+        "replicator_config_reloads_total",
+        "replicator_target_circuit_open",
+        "replicator_target_probes_total",
+    }
+)
 _SELECTOR = re.compile(r"\b(replicator_\w+)(\{[^}]*\})?")
 
 

@@ -124,6 +124,7 @@ class Pipeline:
         self._told_streaming = False
         self._told_committed = False
         self.streaming_since: float | None = None  # monotonic time streaming began
+        self.retrying = False  # set by the supervisor when this run retries a fault
         self._dlq = DeadLetterQueue(config, dead_letters) if dead_letters is not None else None
         self._validator = Validator(config.validation)
         self._last_dlq_check = 0.0
@@ -305,7 +306,7 @@ class Pipeline:
     def _phase(self, phase: str, started: bool = False) -> None:
         """Enter ``phase``: for operators (API, metrics) and in the store (``status``)."""
         self.state = phase
-        self.metrics.state(phase)
+        self.metrics.state(self._shown(phase))
         self._store.report(self.name, phase, started=started)
         if phase == "streaming" and not self._told_streaming:
             self._told_streaming = True
@@ -313,10 +314,15 @@ class Pipeline:
             if self.on_working is not None:
                 self.on_working(False)
 
+    def _shown(self, phase: str) -> str:
+        # A pipeline restarted after a transient fault is still retrying until it is under
+        # way (the supervisor's view, which metrics follow).
+        return "retrying" if phase == "starting" and self.retrying else phase
+
     def report_state(self, phase: str, error: str | None = None) -> None:
         """Enter ``phase`` where operators see it, never failing (it is informational)."""
         self.state = phase
-        self.metrics.state(phase)
+        self.metrics.state(self._shown(phase))
         try:
             self._store.report(self.name, phase, error=error)
         except Exception as exc:  # noqa: BLE001 - status is informational; keep the real error

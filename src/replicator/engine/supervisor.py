@@ -115,6 +115,9 @@ class Runner:
                         return
                     raise self._exhausted(backoff, self.retry.error if self.retry else "")
                 pipeline = make_pipeline(self.config, self.stop)
+                if self.retry is not None:
+                    pipeline.retrying = True
+                    pipeline.metrics.state("retrying")
                 if self._pause_early:
                     pipeline.pause()
                 pipeline.on_working = lambda committed: self._working(committed, backoff, metrics)
