@@ -68,5 +68,12 @@ bench-kafka: install servers
 demo: install servers
 	$(BIN)/python -m demo $(DEMO_ARGS)
 
+# Do the fault tests catch a broken engine? Runs tests/faults/test_failpoints.py against a copy
+# of the working tree with tests/faults/broken-ack-before-commit.patch applied (acknowledge
+# before commit); succeeds only if those tests fail.
+.PHONY: faults-selftest
+faults-selftest: install servers
+	@scripts/faults-selftest.sh
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache bench/.chameleon-venv

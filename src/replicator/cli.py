@@ -165,7 +165,7 @@ def run(
             api.start()
         supervisor.start()
         try:
-            while supervisor.running():
+            while supervisor.running() and not supervisor.stopping.is_set():
                 if reload_wanted.wait(0.2):
                     reload_wanted.clear()
                     _reload(supervisor, log)

@@ -29,6 +29,7 @@ from replicator.sources.postgres.replication import ReplicationConnection
 _READ_TIMEOUT = 0.2
 _ACK_SPACING = 0.1  # at most ten status updates a second for acknowledgements
 _HEARTBEAT_SPACING = 1.0
+_END_TIMEOUT = 2.0  # seconds a stopping reader waits for the walsender to read its last status
 
 
 class StreamReader:
@@ -57,6 +58,7 @@ class StreamReader:
         self._sent_flush = start_lsn
         self._received = start_lsn
         self._last_status = 0.0
+        self._failed = False  # the thread ended on an error: the connection is not usable
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -73,15 +75,20 @@ class StreamReader:
             self._acked = lsn
 
     def stop(self) -> None:
-        """Stop the thread, then send a last status update with the acknowledged position."""
+        """Stop the thread, send a last status update with the acknowledged position, and
+        end the stream cleanly, so that a stopped pipeline's slot is at its checkpoint."""
         self._stopping.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if self._acked > self._sent_flush:
-            try:
+        try:
+            if self._acked > self._sent_flush:
                 self._repl.send_status(self._received, self._acked)
-            except ReplicatorError:
-                pass  # the slot stays at the last position confirmed: safe, only replayed
+            if not self._failed and not self._thread.is_alive():
+                # Closing with stream data unread can lose the last status update sent,
+                # ours or the thread's (see ReplicationConnection.end_stream).
+                self._repl.end_stream(_END_TIMEOUT)
+        except ReplicatorError:
+            pass  # the slot stays at the last position confirmed: safe, only replayed
 
     # --- the thread -------------------------------------------------------------------------
 
@@ -163,6 +170,7 @@ class StreamReader:
             failure = exc
         else:
             return
+        self._failed = True
         # Complete transactions read before the failure are still worth applying.
         try:
             hand_over()

@@ -144,6 +144,36 @@ class ReplicationConnection:
                 f"lost the replication connection to the source: {redact(str(exc))}"
             ) from exc
 
+    def end_stream(self, timeout: float) -> bool:
+        """End the stream with CopyDone, then read (and drop) what the server still sends
+        until its own CopyDone; True if that came within ``timeout`` seconds.
+
+        The walsender reads our messages in order, so its CopyDone proves that it processed
+        every status update sent before. Closing right after a status update can lose it:
+        with stream data unread in our socket, closing sends a TCP reset, and a walsender
+        that meets the reset while writing exits without reading what arrived before it.
+        """
+        deadline = time.monotonic() + timeout
+        try:
+            while self._pg.put_copy_end() == 0:
+                self._drain(deadline)
+            while self._pg.flush() == 1:
+                self._drain(deadline)
+            while True:
+                nbytes, _ = self._pg.get_copy_data(1)
+                if nbytes == -1:
+                    return True
+                if nbytes == 0:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    if self._wait(select.POLLIN, remaining):
+                        self._pg.consume_input()
+        except OperationalError as exc:
+            raise SourceConnectionError(
+                f"lost the replication connection to the source: {redact(str(exc))}"
+            ) from exc
+
     def close(self) -> None:
         """Close the connection (the walsender ends its session); idempotent."""
         self._pg.finish()

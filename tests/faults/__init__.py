@@ -1,0 +1,1 @@
+"""Fault-injection tests: real servers, the CLI, failpoints, signals, disks and networks."""
