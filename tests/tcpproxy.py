@@ -9,9 +9,16 @@ to fail::
         proxy.cut()              # every open connection breaks now; reconnecting works
         proxy.cut_after(10_000)  # the next 10,000 bytes from the server get through, then
                                  # that connection breaks (e.g. in the middle of a transaction)
+        proxy.stall()            # open connections go silent both ways (a blackhole); new
+        proxy.unstall()          # connections work meanwhile; unstall() delivers what was held
+        proxy.stall(to_server=False)  # only replies are held (a request arrives, its answer not)
 
 A cut closes both sides of a connection at once: the client and the server each see the
-connection end, as when a network path fails. The proxy listens on 127.0.0.1 only, on a port
+connection end, as when a network path fails. A stall keeps both sockets open and forwards
+nothing, as when a path dies without a reset: neither end learns anything until a timeout of
+its own fires, or the stall ends and the held bytes arrive late. The proxy's kernel still
+acknowledges what the peers send, so TCP keepalives and ``tcp_user_timeout`` do not notice a
+stall; only application-level timeouts do. The proxy listens on 127.0.0.1 only, on a port
 the kernel picks; its threads are daemons, and `stop()` ends them all.
 """
 
@@ -45,6 +52,46 @@ class _Link:
         self._lock = threading.Lock()
         self._severed = False
         self._pumps_left = 2
+        # Per direction (keyed by "from the server"): set while bytes may flow, cleared by a
+        # stall. Severing sets both, so that pumps waiting for a stall to end wake and finish.
+        self._flowing = {False: threading.Event(), True: threading.Event()}
+        for event in self._flowing.values():
+            event.set()
+
+    @property
+    def severed(self) -> bool:
+        """Whether the link was broken."""
+        return self._severed
+
+    @property
+    def stalled(self) -> bool:
+        """Whether some direction is stalled now."""
+        return not all(event.is_set() for event in self._flowing.values())
+
+    def stall(self, to_server: bool, to_client: bool) -> bool:
+        """Hold every byte from now on in the given directions; False if the link was broken
+        or nothing changed."""
+        with self._lock:
+            if self._severed:
+                return False
+            changed = False
+            for from_server, wanted in ((False, to_server), (True, to_client)):
+                if wanted and self._flowing[from_server].is_set():
+                    self._flowing[from_server].clear()
+                    changed = True
+            return changed
+
+    def unstall(self) -> bool:
+        """Let the held bytes and later ones through; False if the link was not stalled."""
+        with self._lock:
+            was_stalled = self.stalled
+            for event in self._flowing.values():
+                event.set()
+            return was_stalled and not self._severed
+
+    def wait_flowing(self, from_server: bool) -> None:
+        """Block while the direction is stalled (returns at once when the link is severed)."""
+        self._flowing[from_server].wait()
 
     def sever(self, before: Callable[[], None] | None = None) -> bool:
         """Break both connections now; False if they were already broken.
@@ -55,6 +102,8 @@ class _Link:
             if self._severed:
                 return False
             self._severed = True
+        for event in self._flowing.values():
+            event.set()
         if before is not None:
             before()
         # shutdown(), unlike close(), wakes the pump threads blocked in recv() or sendall() on
@@ -78,8 +127,9 @@ class _Link:
 class TcpProxy:
     """Forward connections from 127.0.0.1:`port` to `target_host`:`target_port`.
 
-    Counters: `connections_accepted` (clients that came in) and `cuts` (connections broken by
-    `cut()` or `cut_after()`). Use as a context manager, or call `start()` and `stop()`.
+    Counters: `connections_accepted` (clients that came in), `cuts` (connections broken by
+    `cut()` or `cut_after()`) and `stalls` (connections stalled by `stall()`). Use as a context
+    manager, or call `start()` and `stop()`.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -88,6 +138,7 @@ class TcpProxy:
         self.target_port = target_port
         self.connections_accepted = 0
         self.cuts = 0
+        self.stalls = 0
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -167,6 +218,34 @@ class TcpProxy:
             links = list(self._links)
         return sum(1 for link in links if link.sever(before=self._count_cut))
 
+    def stall(self, to_server: bool = True, to_client: bool = True) -> int:
+        """Stop forwarding on every open connection, keeping the sockets open: both ways by
+        default, or only the bytes going `to_server` or `to_client` (e.g. a lost reply).
+
+        A blackhole on the existing connections only: connections that come in later are
+        forwarded as usual (a dead path whose routing has recovered), and `cut()` still breaks
+        stalled ones. Returns how many connections were stalled.
+        """
+        with self._lock:
+            links = list(self._links)
+        stalled = sum(1 for link in links if link.stall(to_server, to_client))
+        with self._lock:
+            self.stalls += stalled
+        return stalled
+
+    def unstall(self) -> int:
+        """Resume forwarding on the stalled connections still open, delivering the bytes held
+        meanwhile; returns how many resumed."""
+        with self._lock:
+            links = list(self._links)
+        return sum(1 for link in links if link.unstall())
+
+    @property
+    def stalled_connections(self) -> int:
+        """How many open connections are stalled (in some direction) now."""
+        with self._lock:
+            return sum(1 for link in self._links if link.stalled)
+
     def cut_after(self, bytes_from_server: int) -> None:
         """Break a connection once `bytes_from_server` more bytes went from server to client.
 
@@ -228,6 +307,11 @@ class TcpProxy:
         try:
             while True:
                 data = source.recv(_CHUNK)
+                # A stalled link holds what it read (an orderly close included) until the
+                # stall ends or the link is cut.
+                link.wait_flowing(from_server)
+                if link.severed:
+                    return
                 if not data:
                     # An orderly close: pass the half-close on and let the other way finish.
                     with contextlib.suppress(OSError):
@@ -237,7 +321,9 @@ class TcpProxy:
                     return
                 sink.sendall(data)
         except OSError:
-            # One way broke (reset, or cut): break the other way too.
+            # One way broke (reset, or cut): break the other way too, once any stall is over
+            # (a blackhole passes no reset on either).
+            link.wait_flowing(from_server)
             link.sever()
         finally:
             if link.pump_finished():

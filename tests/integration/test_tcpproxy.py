@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -63,6 +64,65 @@ class _ByteServer:
     def close(self) -> None:
         self.thread.join(10)
         self.listener.close()
+
+
+class _EchoServer:
+    """A TCP server that sends every client's bytes back to it, for any number of clients;
+    `received` counts the bytes that reached it."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = int(self.listener.getsockname()[1])
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            while data := conn.recv(4096):
+                self.received += len(data)
+                conn.sendall(data)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.fixture
+def echo_server() -> Iterator[_EchoServer]:
+    """An echo server."""
+    server = _EchoServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def echo_proxy(echo_server: _EchoServer) -> Iterator[TcpProxy]:
+    """A proxy in front of the echo server."""
+    with TcpProxy("127.0.0.1", echo_server.port) as proxy:
+        yield proxy
+
+
+def _echoed(client: socket.socket, payload: bytes, expected: int | None = None) -> bytes:
+    """Send ``payload`` and read ``expected`` bytes back (as many as were sent by default)."""
+    client.sendall(payload)
+    received = b""
+    while len(received) < (len(payload) if expected is None else expected):
+        chunk = client.recv(65536)
+        assert chunk, "the connection ended"
+        received += chunk
+    return received
 
 
 def _receive_all(sock: socket.socket) -> bytes:
@@ -167,3 +227,66 @@ def test_stop_closes_the_listener_and_every_connection() -> None:
         proxy.stop()
     finally:
         server.close()
+
+
+def test_stall_holds_bytes_on_open_connections_only_and_unstall_delivers_them(
+    echo_proxy: TcpProxy,
+) -> None:
+    """stall() silences open connections both ways while new ones go through; unstall()
+    delivers what was held, in order, on the same connection."""
+    with socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=10) as old:
+        assert _echoed(old, b"before") == b"before"
+        assert echo_proxy.stall() == 1
+        assert echo_proxy.stalled_connections == 1
+        old.sendall(b"held ")
+        old.sendall(b"in order")
+        old.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            old.recv(1)
+        with socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=10) as new:
+            assert _echoed(new, b"a new connection flows") == b"a new connection flows"
+        _wait_for(lambda: echo_proxy.open_connections == 1, "the new connection to go")
+        assert echo_proxy.stall() == 0  # the old one is stalled already
+        assert echo_proxy.unstall() == 1
+        old.settimeout(10)
+        assert _echoed(old, b"!", expected=14) == b"held in order!"
+    assert echo_proxy.stalls == 1
+    assert echo_proxy.cuts == 0
+    _wait_for(lambda: echo_proxy.open_connections == 0, "the proxy to notice the clients left")
+
+
+def test_a_stalled_connection_passes_no_close_and_a_cut_still_breaks_it(
+    echo_proxy: TcpProxy,
+) -> None:
+    """While stalled, a client's close does not reach the server (the link stays open), and
+    cut() breaks stalled connections at once."""
+    first = socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=10)
+    with socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=10) as second:
+        assert _echoed(first, b"x") == b"x"
+        assert _echoed(second, b"y") == b"y"
+        assert echo_proxy.stall() == 2
+        first.close()
+        time.sleep(0.3)
+        assert echo_proxy.open_connections == 2
+        assert echo_proxy.cut() == 2
+        assert second.recv(1) == b""
+    _wait_for(lambda: echo_proxy.open_connections == 0, "the cut links to close")
+    assert echo_proxy.stalled_connections == 0
+
+
+def test_a_stall_of_replies_only_lets_requests_reach_the_server(
+    echo_proxy: TcpProxy, echo_server: _EchoServer
+) -> None:
+    """stall(to_server=False) holds what the server sends while the client's bytes still
+    reach it: a request arrives, its answer does not, until unstall()."""
+    with socket.create_connection(("127.0.0.1", echo_proxy.port), timeout=10) as client:
+        assert _echoed(client, b"warm") == b"warm"
+        assert echo_proxy.stall(to_server=False) == 1
+        client.sendall(b"ping")
+        _wait_for(lambda: echo_server.received == 8, "the request to reach the server")
+        client.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.recv(1)
+        assert echo_proxy.unstall() == 1
+        client.settimeout(10)
+        assert _echoed(client, b"", expected=4) == b"ping"

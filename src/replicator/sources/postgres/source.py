@@ -38,8 +38,12 @@ _SLOT_BUSY_WAIT = 15.0  # a killed engine's walsender needs a moment to notice a
 
 # The walsender of the replication connection each slot's pipeline closed last, by slot. A
 # connection given up on (stalled on a dead network path, see ``stall_timeout_s``) leaves a
-# walsender that holds the slot until its ``wal_sender_timeout`` fires; the pipeline's next
-# attempt in this process terminates it instead of waiting for it (or giving up).
+# walsender that holds the slot until its ``wal_sender_timeout`` fires (60 s by default),
+# which can be longer than _SLOT_BUSY_WAIT: the pipeline's next attempt then fails
+# transiently, and is retried, instead of failing as if another consumer held the slot. It
+# must not terminate that walsender: one blocked sending to a dead peer then hangs writing
+# its FATAL message (PostgreSQL 15 tested) and keeps the slot until TCP gives up, long after
+# its wal_sender_timeout would have ended it.
 _closed_walsenders: dict[str, int] = {}
 
 
@@ -315,10 +319,14 @@ class PostgresSource(Source):
             if info is None or not info.active:
                 _closed_walsenders.pop(self._slot, None)
                 return info
-            pid = info.active_pid
-            if pid is not None and pid == _closed_walsenders.get(self._slot):
-                self._terminate_own_walsender(conn, pid)
             if time.monotonic() > deadline:
+                if info.active_pid == _closed_walsenders.get(self._slot):
+                    raise SourceConnectionError(
+                        f"replication slot {self._slot} is still held by server process "
+                        f"{info.active_pid}, the walsender of this pipeline's lost replication "
+                        "connection; it lets go by the source's wal_sender_timeout",
+                        fix="nothing to do: the pipeline retries until the slot is free",
+                    )
                 raise SourceError(
                     f"replication slot {self._slot} is in use by server process "
                     f"{info.active_pid}; is this pipeline already running elsewhere?",
@@ -326,32 +334,6 @@ class PostgresSource(Source):
                     f"{info.active_pid}); if it is a leftover",
                 )
             time.sleep(0.5)
-
-    def _terminate_own_walsender(self, conn: psycopg.Connection[Any], pid: int) -> None:
-        """End the walsender of a replication connection this process closed, which still
-        holds the slot (its network path died, so it never heard us leave)."""
-        _closed_walsenders.pop(self._slot, None)
-        try:
-            row = conn.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE pid = %s AND backend_type = 'walsender'",
-                (pid,),
-            ).fetchone()
-        except psycopg.Error as exc:
-            # Not allowed (another role's process?): wait for wal_sender_timeout instead.
-            self._log.warning(
-                "cannot end the walsender a lost replication connection left on the slot",
-                slot=self._slot,
-                pid=pid,
-                error=redact(str(exc).strip()),
-            )
-            return
-        if row and row[0]:
-            self._log.warning(
-                "ended the walsender a lost replication connection left on the slot",
-                slot=self._slot,
-                pid=pid,
-            )
 
     def _lookup_type(self, oid: int) -> PgType:
         known = self._types.get(oid)
