@@ -33,7 +33,12 @@ SESSION_SETTINGS = {**TEXT_SETTINGS, "search_path": "pg_catalog"}
 def connection_string(
     dsn: str, application_name: str, settings: dict[str, str] | None = None, **extra: Any
 ) -> str:
-    """``dsn`` plus pinned session settings, an application name and a connect timeout."""
+    """``dsn`` plus pinned session settings, an application name, a connect timeout and TCP
+    keepalives (each overridable in the DSN).
+
+    The keepalives notice a connection whose network path died while it waits for an answer
+    (libpq has no read timeout): after about a minute it fails, and the pipeline retries.
+    """
     params = conninfo_to_dict(dsn)
     pinned = dict(SESSION_SETTINGS)
     pinned.update(settings or {})
@@ -42,9 +47,19 @@ def connection_string(
     params["options"] = f"{existing} {forced}" if existing else forced
     params.setdefault("application_name", application_name)
     params.setdefault("connect_timeout", 10)
+    for name, value in _KEEPALIVES.items():
+        params.setdefault(name, value)
     params.update(extra)
     return make_conninfo("", **params)
 
+
+# Idle 30 s, then a probe every 10 s, 3 unanswered: a dead path fails after about a minute.
+_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 IDENTITY_QUERY = (
     "SELECT (SELECT system_identifier FROM pg_control_system())::text || '/' || current_database()"
