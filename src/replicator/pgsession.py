@@ -77,6 +77,29 @@ CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
 REJECTED_SQLSTATE_CLASSES = ("22", "23", "P0001")
 
 
+# What a server says when it refuses a login, as opposed to being unreachable right now: a
+# retry cannot cure these (a wrong password, pg_hba.conf, a missing role or database).
+_REFUSALS = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "pg_hba.conf rejects",
+    "does not exist",
+    "permission denied",
+    "not permitted to log in",
+    "must be superuser or replication role",
+    "password is required",
+    "no password supplied",
+)
+
+
+def login_refused(message: str) -> bool:
+    """Whether a failed connection attempt's ``message`` is a refusal (permanent), not an
+    outage (a restart, a network fault) that a retry may outlast."""
+    text = message.lower()
+    return any(refusal in text for refusal in _REFUSALS)
+
+
 def connection_lost(exc: psycopg.Error) -> bool:
     """Whether ``exc`` means the connection failed rather than the server refusing a statement.
 

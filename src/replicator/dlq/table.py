@@ -21,7 +21,7 @@ from replicator.dlq.store import DeadLetterStore
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Op, TableId
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_lost, connection_string
+from replicator.pgsession import connection_lost, connection_string, login_refused
 
 DDL = f"""
 CREATE TABLE IF NOT EXISTS {SCHEMA}.dlq (
@@ -284,9 +284,9 @@ def _entry(row: tuple[Any, ...]) -> DeadLetter:
 def _translate(exc: psycopg.Error) -> SinkError:
     message = redact(str(exc).strip())
     if connection_lost(exc):
-        return SinkConnectionError(
-            f"lost the connection to the target's dead-letter queue: {message}"
-        )
+        lost = SinkConnectionError(f"cannot reach the target's dead-letter queue: {message}")
+        lost.transient = not login_refused(str(exc))
+        return lost
     return SinkError(f"the dead-letter queue in the target failed: {message}")
 
 

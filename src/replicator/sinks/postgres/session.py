@@ -16,6 +16,7 @@ from replicator.pgsession import (
     REJECTED_SQLSTATE_CLASSES,
     connection_lost,
     connection_string,
+    login_refused,
 )
 
 
@@ -36,10 +37,12 @@ def connect(pipeline: PipelineConfig, *, synchronous_commit: bool) -> psycopg.Co
     try:
         return psycopg.connect(connection_string(pipeline.target_dsn.secret(), app, settings))
     except psycopg.Error as exc:
-        raise SinkConnectionError(
+        error = SinkConnectionError(
             f"cannot connect to the target database: {redact(str(exc).strip())}",
             fix="check the sink DSN (host, port, database, user, password)",
-        ) from exc
+        )
+        error.transient = not login_refused(str(exc))
+        raise error from exc
 
 
 def translate(

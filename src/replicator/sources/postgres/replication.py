@@ -19,7 +19,7 @@ from psycopg.pq.abc import PGresult
 
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.observability.redaction import redact
-from replicator.pgsession import TRANSIENT_SQLSTATE_CLASSES, connection_string
+from replicator.pgsession import TRANSIENT_SQLSTATE_CLASSES, connection_string, login_refused
 from replicator.sources.postgres import pgoutput
 
 
@@ -32,12 +32,14 @@ class ReplicationConnection:
         if self._pg.status != pq.ConnStatus.OK:
             message = _text(self._pg.error_message)
             self._pg.finish()
-            raise SourceConnectionError(
+            error = SourceConnectionError(
                 f"cannot open a replication connection to the source: {redact(message)}",
                 fix="check the source DSN, that the server accepts replication connections "
                 "(pg_hba.conf 'replication' or 'all' database entry) and the role's "
                 "REPLICATION privilege",
             )
+            error.transient = not login_refused(message)
+            raise error
         self._streaming = False
 
     @property

@@ -25,7 +25,7 @@ from replicator.errors import (
 from replicator.events import Position, StreamItem, TableId, TableSchema
 from replicator.observability.logging import get_logger
 from replicator.observability.redaction import redact
-from replicator.pgsession import IDENTITY_QUERY, connection_string
+from replicator.pgsession import IDENTITY_QUERY, connection_string, login_refused
 from replicator.sources.postgres import catalog, pgoutput, preflight
 from replicator.sources.postgres.decoding import ChangeDecoder
 from replicator.sources.postgres.position import PgPosition
@@ -74,11 +74,13 @@ class PostgresSource(Source):
                 connection_string(self._config.dsn.secret(), self._app), autocommit=True
             )
         except psycopg.Error as exc:
-            raise SourceConnectionError(
+            error = SourceConnectionError(
                 f"cannot connect to the source database: {redact(str(exc).strip())}",
                 fix="check the source DSN (host, port, database, user, password) and that "
                 "the server accepts connections from this host",
-            ) from exc
+            )
+            error.transient = not login_refused(str(exc))
+            raise error from exc
 
     def _catalog_conn(self) -> psycopg.Connection[Any]:
         if self._catalog is None or self._catalog.closed:
@@ -106,8 +108,8 @@ class PostgresSource(Source):
             try:
                 ReplicationConnection(self._config.dsn.secret(), self._app).close()
             except SourceConnectionError as exc:
-                if not _refused(exc):
-                    raise  # the server went away meanwhile: transient, retried
+                if exc.transient:
+                    raise  # the server went away meanwhile: retried
                 problems.append(Problem(Severity.ERROR, exc.message, exc.fix))
         return problems
 
