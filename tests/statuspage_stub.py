@@ -60,6 +60,9 @@ def pipeline_doc(name: str, **fields: Any) -> dict[str, Any]:
         "started_at": now_iso(),
         "paused_at": None,
         "pause_requested": False,
+        "dead_letters_open": 0,
+        "degraded": None,
+        "retry": None,
     }
     doc.update(fields)
     return doc
@@ -139,6 +142,7 @@ class StatusStub:
         }
         for state in states.values():
             state["reason"] = None if state["ready"] else f"pipeline is {state['state']}"
+            state["warning"] = None
         ready = all(s["ready"] for s in states.values())
         return (200 if ready else 503), {"ready": ready, "pipelines": states}
 

@@ -117,7 +117,9 @@ def test_operate_a_pipeline_under_load(source_dsn, target_dsn, tmp_path, started
         ready = instance.get("/health/ready").json()
         assert ready == {
             "ready": True,
-            "pipelines": {"ops": {"ready": True, "state": "streaming", "reason": None}},
+            "pipelines": {
+                "ops": {"ready": True, "state": "streaming", "reason": None, "warning": None}
+            },
         }
         wait_for(lambda: instance.pipeline("ops")["counters"]["inserted"] > 50, 60, "rows")
 

@@ -53,6 +53,7 @@ STATUS_INTERVAL = 5.0
 SUMMARY_INTERVAL = 30.0
 _PAUSE_POLL = 0.2  # seconds between checks for a resume or a stop while paused
 _CONFLICT_ATTEMPTS = 5  # for a batch racing another writer on the target
+_JITTER = random.Random()  # noqa: S311 - of its own: the process-wide generator is left alone
 
 
 @dataclass
@@ -596,7 +597,7 @@ class Pipeline:
                 if attempt == _CONFLICT_ATTEMPTS or self._stop.is_set():
                     raise
                 errorlog.record(self.name, exc, retried="batch re-applied")
-                delay = min(0.05 * 2**attempt, 2.0) * random.uniform(0.5, 1.5)  # noqa: S311
+                delay = min(0.05 * 2**attempt, 2.0) * _JITTER.uniform(0.5, 1.5)
                 self._log.warning(
                     "the target refused the batch over a conflict with another writer; "
                     "applying it again",

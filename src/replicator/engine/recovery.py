@@ -16,6 +16,7 @@ query) checks the target at the backoff's pace. The first probe that succeeds cl
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -39,12 +40,19 @@ def is_target_fault(error: BaseException) -> bool:
 
 
 class Backoff:
-    """Exponential delays with jitter (tenacity's), counted from the last success."""
+    """Exponential delays (tenacity's) with jitter, counted from the last success.
+
+    The jitter comes from a generator of its own: the process-wide ``random`` is left alone
+    (a library relying on its sequence, such as a test's Hypothesis, is not disturbed).
+    """
 
     def __init__(self, retry: RetryConfig) -> None:
-        self._wait = tenacity.wait_exponential_jitter(
-            multiplier=retry.initial_delay_s, max=retry.max_delay_s, jitter=retry.initial_delay_s
+        self._wait = tenacity.wait_exponential(
+            multiplier=retry.initial_delay_s, max=retry.max_delay_s
         )
+        self._jitter = retry.initial_delay_s
+        self._max = retry.max_delay_s
+        self._random = random.Random()  # noqa: S311 - jitter, not secrets
         self._give_up = retry.give_up_after_s
         self.attempt = 0
         self._failing_since: float | None = None
@@ -58,7 +66,8 @@ class Backoff:
         self.attempt += 1
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]
         state.attempt_number = self.attempt
-        return float(min(self._wait(state), self._wait.max))
+        delay = self._wait(state) + self._random.uniform(0, self._jitter)
+        return float(min(delay, self._max))
 
     def expired(self) -> bool:
         """Whether the failures have gone on for longer than ``give_up_after_s``."""
