@@ -259,7 +259,7 @@ def replay(
         return []
     if not events:
         return []
-    events = [e for e in events if _replayable(e, dlq)]
+    events = [e for e in events if _replayable(e, dlq, schemas)]
     commit = TxCommit(durable, None)
     if sink.capabilities.isolates_rejects:
         sink.isolate(events, dlq.screen, dlq.reject)
@@ -291,8 +291,20 @@ def _schema(
     return known
 
 
-def _replayable(event: ChangeEvent, dlq: DeadLetterQueue) -> bool:
-    """Whether the entry's event has a value for every column its table has now."""
+def _replayable(
+    event: ChangeEvent, dlq: DeadLetterQueue, schemas: dict[TableId, TableSchema]
+) -> bool:
+    """Whether the entry's table is still captured, and its event has a value for every
+    column the table has now; if not, the entry stays open saying why."""
+    if event.table not in schemas:
+        dlq.reject(
+            event,
+            SinkError(
+                f"cannot replay: {event.table} is no longer captured by the pipeline",
+                fix="apply the change by hand if it is still wanted, then discard the entry",
+            ),
+        )
+        return False
     rows = (event.after, event.before if not event.schema.key else None)
     missing = {
         c for row in rows if row is not None for c in event.schema.column_names if c not in row
