@@ -24,10 +24,18 @@ def start(db: MysqlDatabase, target_dsn: str, **extra: Any) -> RunningPipeline:
     """Run a pipeline over every table of ``db`` in this process; wait until it streams."""
     config = mysql_pipeline_config("shop", db.dsn, target_dsn, [f"{db.name}.*"], **extra)
     pipeline = RunningPipeline(config)
+    # Streaming, not just checkpointed: changes made while the tables are still being copied
+    # land in the copy, and tests counting streamed changes would miss them.
     wait_for(
-        lambda: pipeline.error is not None or checkpoint_order(target_dsn, "shop") > (0, 0),
+        lambda: (
+            pipeline.error is not None
+            or (
+                checkpoint_order(target_dsn, "shop") > (0, 0)
+                and pipeline.pipeline.state == "streaming"
+            )
+        ),
         30,
-        "the pipeline to start",
+        "the pipeline to stream",
     )
     if pipeline.error is not None:
         raise pipeline.error
