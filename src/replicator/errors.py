@@ -21,6 +21,8 @@ this tree in one place per connector and re-raised ``from`` the original.
 
 from __future__ import annotations
 
+import errno
+
 
 class ReplicatorError(Exception):
     """Root of every error Replicator reports to its user."""
@@ -89,3 +91,9 @@ class SinkConnectionError(SinkError):
     """The target could not be reached, or the connection to it was lost."""
 
     transient = True
+
+
+def disk_full(exc: OSError) -> bool:
+    """Whether a failed write ran out of space (or quota): room may be freed, so a retry,
+    with a new file rather than the failed one, may succeed."""
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)

@@ -12,10 +12,13 @@ target's COMMIT returns and a lazily-flushed commit could then be lost.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from replicator.errors import SinkConnectionError, SourceConnectionError
+from replicator.observability.redaction import redact
 
 TEXT_SETTINGS = {
     "DateStyle": "ISO",
@@ -98,6 +101,21 @@ def login_refused(message: str) -> bool:
     outage (a restart, a network fault) that a retry may outlast."""
     text = message.lower()
     return any(refusal in text for refusal in _REFUSALS)
+
+
+TARGET_FIX = "check the sink DSN (host, port, database, user, password)"
+
+_Unreachable = TypeVar("_Unreachable", SourceConnectionError, SinkConnectionError)
+
+
+def cannot_connect(
+    kind: type[_Unreachable], what: str, exc: psycopg.Error, fix: str | None = None
+) -> _Unreachable:
+    """The error for a failed connection attempt to ``what``: transient (retried) unless
+    the server refused the login."""
+    error = kind(f"cannot connect to {what}: {redact(str(exc).strip())}", fix=fix)
+    error.transient = not login_refused(str(exc))
+    return error
 
 
 def connection_lost(exc: psycopg.Error) -> bool:

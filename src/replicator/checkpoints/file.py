@@ -46,7 +46,7 @@ from replicator.contracts import (
     TablePlan,
     TableSnapshot,
 )
-from replicator.errors import SinkError
+from replicator.errors import SinkError, disk_full
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
 
@@ -434,7 +434,7 @@ class FileCheckpointStore(CheckpointStore):
         )
         # A full disk may be freed: the pipeline retries from the last checkpoint, which the
         # failed write left in place (a new temporary file each time, never the same fd).
-        error.transient = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        error.transient = disk_full(exc)
         return error
 
     def _fsync_folder(self) -> None:

@@ -28,7 +28,7 @@ from replicator.contracts import ApplyStats, Checkpoint, CheckpointStore, TableS
 from replicator.errors import SinkConnectionError, SinkError
 from replicator.events import Position, TableId
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_lost, connection_string, login_refused
+from replicator.pgsession import TARGET_FIX, cannot_connect, connection_lost, connection_string
 from replicator.sources.kafka.position import KafkaPosition, Partition
 
 SCHEMA = "_replicator"
@@ -237,12 +237,9 @@ class PostgresCheckpointStore(CheckpointStore):
                     connection_string(self._dsn, self._app), autocommit=True
                 )
             except psycopg.Error as exc:
-                error = SinkConnectionError(
-                    f"cannot connect to the target database: {redact(str(exc).strip())}",
-                    fix="check the sink DSN (host, port, database, user, password)",
-                )
-                error.transient = not login_refused(str(exc))
-                raise error from exc
+                raise cannot_connect(
+                    SinkConnectionError, "the target database", exc, TARGET_FIX
+                ) from exc
             self._ready = False
         if not self._ready:
             try:

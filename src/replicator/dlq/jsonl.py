@@ -10,7 +10,6 @@ acknowledged) is ignored.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from typing import Any
 import orjson
 
 from replicator.dlq.log import LogDeadLetterStore
-from replicator.errors import SinkError
+from replicator.errors import SinkError, disk_full
 
 
 class JsonlDeadLetterStore(LogDeadLetterStore):
@@ -98,5 +97,5 @@ class JsonlDeadLetterStore(LogDeadLetterStore):
             fix=f"make room on the disk of {self.path.parent} and let the user running "
             "Replicator write there",
         )
-        error.transient = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        error.transient = disk_full(exc)
         return error

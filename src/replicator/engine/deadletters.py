@@ -46,7 +46,6 @@ class DeadLetterQueue:
     def __init__(self, config: PipelineConfig, store: DeadLetterStore) -> None:
         self.store = store
         self.pipeline = config.name
-        self._name = config.name
         self._hold = config.dead_letter.policy == "hold_key"
         self.log = get_logger(pipeline=config.name)
         # Key → the entry holding it (hold_key), or the entries it may supersede (skip).
@@ -70,7 +69,7 @@ class DeadLetterQueue:
 
     def load(self) -> None:
         """Read the open entries: which keys they hold, whether a replay is asked for."""
-        entries = self.store.open_entries(self._name)
+        entries = self.store.open_entries(self.pipeline)
         self._held = {}
         self._skipped = {}
         for entry in entries:
@@ -111,7 +110,7 @@ class DeadLetterQueue:
                         )
                 continue
             entry = dead_letter(
-                self._name,
+                self.pipeline,
                 event,
                 HELD,
                 f"held behind dead-letter entry {behind}: an earlier change to this key was "
@@ -124,7 +123,7 @@ class DeadLetterQueue:
     def reject(self, event: ChangeEvent, error: SinkError) -> None:
         """The target refused ``event`` even alone: dead-letter it, hold its key."""
         entry = dead_letter(
-            self._name,
+            self.pipeline,
             event,
             REJECTED,
             error.message,
@@ -142,7 +141,7 @@ class DeadLetterQueue:
 
     def invalid(self, event: ChangeEvent, rule: str, message: str) -> None:
         """A validation rule refused ``event``: dead-letter it, hold its key."""
-        entry = dead_letter(self._name, event, INVALID, message, rule=rule, attempts=1)
+        entry = dead_letter(self.pipeline, event, INVALID, message, rule=rule, attempts=1)
         self.log.warning(
             "a change failed a validation rule: dead-lettered",
             table=str(event.table),
@@ -177,7 +176,7 @@ class DeadLetterQueue:
             batch.resolved = self.resolved
         else:
             self.store.add(self.entries)
-            self.store.resolve(self._name, self.resolved)
+            self.store.resolve(self.pipeline, self.resolved)
             self._stored.extend(self.entries)
             self._stored_resolved.extend(self.resolved)
             self.entries = []
@@ -189,7 +188,7 @@ class DeadLetterQueue:
         new = [e for e in entries if e.entry_key not in self._replaying]
         for entry in new:
             self._counters[entry.kind].inc()
-        errorlog.dead_lettered(self._name, sum(1 for e in new if e.kind != HELD))
+        errorlog.dead_lettered(self.pipeline, sum(1 for e in new if e.kind != HELD))
         resolved = self._stored_resolved + self.resolved
         closed = sum(1 for r in resolved if r.status in (REPLAYED, SUPERSEDED))
         self.open_count = max(0, self.open_count + len(new) - closed)
@@ -223,7 +222,7 @@ class DeadLetterQueue:
         which are stored again as held. Each keeps its entry, since the entry key is made
         from the event.
         """
-        entries = self.store.open_entries(self._name)
+        entries = self.store.open_entries(self.pipeline)
         keys = {e.key_id for e in entries if e.status == REPLAY}
         self.replay_wanted = False
         if not keys:
@@ -239,7 +238,7 @@ class DeadLetterQueue:
     def replayed(self, applied: list[ChangeEvent]) -> None:
         """Mark the entries of the replayed events that were applied."""
         for event in applied:
-            key = dead_letter(self._name, event, HELD, "").entry_key
+            key = dead_letter(self.pipeline, event, HELD, "").entry_key
             self.resolved.append(Resolution(key, REPLAYED))
 
 

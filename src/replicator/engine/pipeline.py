@@ -122,7 +122,6 @@ class Pipeline:
         self._debug = self._log.is_enabled_for(logging.DEBUG)  # once: flushes are hot
         self.on_working: Callable[[bool], None] | None = None
         """Called when the pipeline starts streaming (False), and at its first commit (True)."""
-        self._told_streaming = False
         self._told_committed = False
         self.streaming_since: float | None = None  # monotonic time streaming began
         self.retrying = False  # set by the supervisor when this run retries a fault
@@ -309,8 +308,7 @@ class Pipeline:
         self.state = phase
         self.metrics.state(self._shown(phase))
         self._store.report(self.name, phase, started=started)
-        if phase == "streaming" and not self._told_streaming:
-            self._told_streaming = True
+        if phase == "streaming" and self.streaming_since is None:
             self.streaming_since = time.monotonic()
             if self.on_working is not None:
                 self.on_working(False)

@@ -14,9 +14,10 @@ from replicator.observability.redaction import redact
 from replicator.pgsession import (
     CONFLICT_SQLSTATES,
     REJECTED_SQLSTATE_CLASSES,
+    TARGET_FIX,
+    cannot_connect,
     connection_lost,
     connection_string,
-    login_refused,
 )
 
 
@@ -37,12 +38,7 @@ def connect(pipeline: PipelineConfig, *, synchronous_commit: bool) -> psycopg.Co
     try:
         return psycopg.connect(connection_string(pipeline.target_dsn.secret(), app, settings))
     except psycopg.Error as exc:
-        error = SinkConnectionError(
-            f"cannot connect to the target database: {redact(str(exc).strip())}",
-            fix="check the sink DSN (host, port, database, user, password)",
-        )
-        error.transient = not login_refused(str(exc))
-        raise error from exc
+        raise cannot_connect(SinkConnectionError, "the target database", exc, TARGET_FIX) from exc
 
 
 def translate(

@@ -35,7 +35,7 @@ from replicator.contracts import (
 from replicator.errors import SourceConnectionError, SourceError
 from replicator.events import TableSchema
 from replicator.observability.redaction import redact
-from replicator.pgsession import connection_lost, connection_string, login_refused
+from replicator.pgsession import cannot_connect, connection_lost, connection_string
 from replicator.sources.postgres.position import PgPosition
 from replicator.sources.postgres.replication import ReplicationConnection
 
@@ -231,11 +231,7 @@ def _connect(dsn: str, application_name: str) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(connection_string(dsn, application_name))
     except psycopg.Error as exc:
-        error = SourceConnectionError(
-            f"cannot connect to the source database: {redact(str(exc).strip())}"
-        )
-        error.transient = not login_refused(str(exc))
-        raise error from exc
+        raise cannot_connect(SourceConnectionError, "the source database", exc) from exc
 
 
 def _open(dsn: str, application_name: str, snapshot: str) -> psycopg.Connection[Any]:

@@ -24,8 +24,7 @@ from replicator.errors import (
 )
 from replicator.events import Position, StreamItem, TableId, TableSchema
 from replicator.observability.logging import get_logger
-from replicator.observability.redaction import redact
-from replicator.pgsession import IDENTITY_QUERY, connection_string, login_refused
+from replicator.pgsession import IDENTITY_QUERY, cannot_connect, connection_string
 from replicator.sources.postgres import catalog, pgoutput, preflight
 from replicator.sources.postgres.decoding import ChangeDecoder
 from replicator.sources.postgres.position import PgPosition
@@ -74,13 +73,13 @@ class PostgresSource(Source):
                 connection_string(self._config.dsn.secret(), self._app), autocommit=True
             )
         except psycopg.Error as exc:
-            error = SourceConnectionError(
-                f"cannot connect to the source database: {redact(str(exc).strip())}",
-                fix="check the source DSN (host, port, database, user, password) and that "
-                "the server accepts connections from this host",
-            )
-            error.transient = not login_refused(str(exc))
-            raise error from exc
+            raise cannot_connect(
+                SourceConnectionError,
+                "the source database",
+                exc,
+                "check the source DSN (host, port, database, user, password) and that the "
+                "server accepts connections from this host",
+            ) from exc
 
     def _catalog_conn(self) -> psycopg.Connection[Any]:
         if self._catalog is None or self._catalog.closed:
